@@ -1,0 +1,105 @@
+"""Train on a data set's split, evaluate against baselines, and package a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rbm.checkpoint import Checkpoint
+from rbm.model import RBMConfig, RBMParams, hidden_input
+from rbm.scoring import Scorer
+from trainer.baselines import BiasBaseline, popularity_scores
+from trainer.data import Dataset, holdout_split
+from trainer.evaluate import ranking_metrics, rating_metrics
+from trainer.indexing import IndexedRatings, Indexer
+from trainer.predict import predict_indexed
+from trainer.train import EpochReport, TrainConfig, train
+
+__all__ = ["TrainOutcome", "fit_and_evaluate"]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """The trained model, its test metrics and the baselines' metrics on the same split."""
+
+    checkpoint: Checkpoint
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    history: list[EpochReport]
+
+
+def _rbm_score_fn(
+    params: RBMParams, config: RBMConfig, context: IndexedRatings, levels: torch.Tensor
+) -> Callable[[np.ndarray], torch.Tensor]:
+    scorer = Scorer(params, levels)
+
+    def score(rows: np.ndarray) -> torch.Tensor:
+        batch = context.batch(rows).to(params.weights.device)
+        with torch.no_grad():
+            scores: torch.Tensor = scorer(hidden_input(params, batch, config.n_movies))[0]
+        return scores
+
+    return score
+
+
+def fit_and_evaluate(
+    ds: Dataset, cfg: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None
+) -> TrainOutcome:
+    """Train with early stopping on a validation slice of the training data, then evaluate."""
+    ix = Indexer(ds)
+    levels_np = np.asarray(ds.levels, dtype=np.float32)
+    levels = torch.from_numpy(levels_np).to(cfg.device)
+    train_users = np.unique(ds.train.users)
+    fit_part, val_part = holdout_split(ds.train, cfg.val_fraction, cfg.seed)
+    rbm_config = RBMConfig(ix.n_movies, len(ds.levels), cfg.n_hidden)
+    result = train(
+        ix.index(fit_part, train_users),
+        ix.index(val_part, train_users),
+        rbm_config,
+        levels,
+        cfg,
+        on_epoch,
+    )
+    params = result.params
+
+    # Test users unseen in training get empty context rows: the model's fallback.
+    all_users = np.union1d(train_users, ds.test.users)
+    context, test = ix.index(ds.train, all_users), ix.index(ds.test, all_users)
+    truth = levels[torch.from_numpy(test.levels).to(cfg.device)]
+    lo, hi = ds.levels[0], ds.levels[-1]
+    metrics = rating_metrics(
+        predict_indexed(params, rbm_config, context, test, levels), truth, lo, hi
+    )
+    metrics |= ranking_metrics(
+        _rbm_score_fn(params, rbm_config, context, levels), context, test, levels_np
+    )
+    metrics |= {"val_rmse": result.best_val_rmse, "best_epoch": float(result.best_epoch)}
+
+    bias = BiasBaseline.fit(context, levels_np, ix.n_movies)
+    pop = popularity_scores(context, ix.n_movies)
+    baselines = {
+        "global_mean": rating_metrics(torch.full_like(truth, bias.mu), truth, lo, hi),
+        "bias": rating_metrics(bias.predict(test).to(truth), truth, lo, hi),
+        "popularity": ranking_metrics(
+            lambda rows: pop.expand(len(rows), -1), context, test, levels_np
+        ),
+    }
+
+    own = ix.index(ds.train, train_users)
+    ckpt = Checkpoint(
+        config=rbm_config,
+        params=params.to("cpu"),
+        levels=tuple(float(x) for x in ds.levels),
+        movie_ids=torch.from_numpy(ds.movie_ids.astype(np.int64)),
+        titles=list(ds.titles),
+        user_ids=torch.from_numpy(train_users.astype(np.int64)),
+        user_indptr=torch.from_numpy(own.indptr),
+        user_movies=torch.from_numpy(own.movies),
+        user_levels=torch.from_numpy(own.levels),
+        popularity=popularity_scores(own, ix.n_movies),
+        dataset=ds.name,
+    )
+    return TrainOutcome(ckpt, metrics, baselines, result.history)

@@ -1,0 +1,173 @@
+"""The training loop: minibatch CD-k with momentum, weight decay and early stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rbm.model import RBMConfig, RBMParams, cd_statistics
+from trainer.indexing import IndexedRatings
+from trainer.predict import predict_indexed
+
+__all__ = ["EpochReport", "TrainConfig", "TrainResult", "train", "visible_bias_from_counts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; saved with every registered version."""
+
+    n_hidden: int = 100
+    epochs: int = 40
+    batch_size: int = 20  # users per minibatch
+    learning_rate: float = 0.02  # on per-user-averaged gradients
+    lr_decay: float = 0.96  # per epoch; without decay the model overfits after ~20 epochs
+    momentum: float = 0.9  # after the first `momentum_warmup` epochs, 0.5 before
+    momentum_warmup: int = 5
+    weight_decay: float = 0.003
+    cd_k_start: int = 1
+    cd_k_max: int = 5
+    cd_k_every: int = 10  # raise k by one every this many epochs, up to cd_k_max
+    patience: int = 5  # epochs without a better validation RMSE before stopping
+    val_fraction: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError("learning_rate must be > 0 and lr_decay in (0, 1]")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError("val_fraction must be in (0, 0.5)")
+
+    def cd_k(self, epoch: int) -> int:
+        """CD steps for ``epoch`` (0-based): starts at cd_k_start and grows as training goes on."""
+        return min(self.cd_k_max, self.cd_k_start + epoch // self.cd_k_every)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for metadata."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch measured."""
+
+    epoch: int
+    cd_k: int
+    recon_rmse: float  # RMSE (in levels) of the CD reconstruction of the training ratings
+    val_rmse: float
+
+
+@dataclass
+class TrainResult:
+    """The best parameters found and the per-epoch history."""
+
+    params: RBMParams
+    best_epoch: int
+    best_val_rmse: float
+    history: list[EpochReport] = field(default_factory=list)
+
+
+def visible_bias_from_counts(
+    train: IndexedRatings, n_movies: int, n_levels: int, prior_strength: float = 2.0
+) -> torch.Tensor:
+    """log P(level | movie) from training counts, smoothed toward the global level frequencies."""
+    counts = np.zeros((n_levels, n_movies), dtype=np.float64)
+    np.add.at(counts, (train.levels, train.movies), 1.0)
+    global_freq = (counts.sum(1) + 1.0) / (counts.sum() + n_levels)  # (K,)
+    smoothed = counts + prior_strength * global_freq[:, None]
+    probs = smoothed / smoothed.sum(0, keepdims=True)
+    return torch.from_numpy(np.log(probs).reshape(-1).astype(np.float32))  # level-major
+
+
+def _val_rmse(
+    params: RBMParams,
+    config: RBMConfig,
+    context: IndexedRatings,
+    val: IndexedRatings,
+    levels: torch.Tensor,
+) -> float:
+    """RMSE on ``val`` with hidden states computed from ``context`` (same CSR rows)."""
+    pred = predict_indexed(params, config, context, val, levels)
+    truth = levels[torch.from_numpy(val.levels).to(levels.device)]
+    return float(torch.sqrt(((pred - truth) ** 2).mean()))
+
+
+def train(
+    train_part: IndexedRatings,
+    val_part: IndexedRatings,
+    rbm_config: RBMConfig,
+    levels: torch.Tensor,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Train an RBM on ``train_part``, early-stopping on RMSE over ``val_part``."""
+    device = torch.device(config.device)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    cpu_gen = torch.Generator().manual_seed(config.seed)
+    vb = visible_bias_from_counts(train_part, rbm_config.n_movies, rbm_config.n_levels)
+    params = RBMParams.init(rbm_config, cpu_gen, vb).to(device)
+    velocity = [
+        torch.zeros_like(t) for t in (params.weights, params.visible_bias, params.hidden_bias)
+    ]
+    n_users = len(train_part.user_ids)
+    best = TrainResult(params=_copy(params), best_epoch=-1, best_val_rmse=math.inf)
+    lr = config.learning_rate
+    for epoch in range(config.epochs):
+        k = config.cd_k(epoch)
+        momentum = config.momentum if epoch >= config.momentum_warmup else 0.5
+        sq, n = 0.0, 0
+        order = rng.permutation(n_users)
+        for start in range(0, n_users, config.batch_size):
+            batch = train_part.batch(order[start : start + config.batch_size]).to(device)
+            stats = cd_statistics(params, batch, rbm_config, k, gen)
+            scale = 1.0 / batch.n_rows
+            grads = (
+                stats.weights * scale - config.weight_decay * params.weights,
+                stats.visible_bias * scale,
+                stats.hidden_bias * scale,
+            )
+            for p, v, g in zip(
+                (params.weights, params.visible_bias, params.hidden_bias),
+                velocity,
+                grads,
+                strict=True,
+            ):
+                v.mul_(momentum).add_(g, alpha=lr)
+                p.add_(v)
+            sq += stats.recon_sq_error
+            n += stats.n_entries
+        lr *= config.lr_decay
+        val = _val_rmse(params, rbm_config, train_part, val_part, levels.to(device))
+        report = EpochReport(epoch + 1, k, math.sqrt(sq / max(n, 1)), val)
+        best.history.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+        if not math.isfinite(val):
+            raise FloatingPointError(f"validation RMSE is {val} at epoch {epoch + 1}")
+        if val < best.best_val_rmse:
+            best.params, best.best_epoch, best.best_val_rmse = _copy(params), epoch + 1, val
+        elif epoch + 1 - best.best_epoch >= config.patience:
+            log.info("early stop at epoch %d (best %d)", epoch + 1, best.best_epoch)
+            break
+    return best
+
+
+def _copy(params: RBMParams) -> RBMParams:
+    return RBMParams(
+        params.weights.clone(), params.visible_bias.clone(), params.hidden_bias.clone()
+    )
