@@ -1,0 +1,139 @@
+"""``rbm-client``: a small command-line client of rbmrec.v1.Recommender.
+
+Exit codes: 0 success, 1 the RPC failed (the status code is printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import grpc
+
+from rbmrec.v1 import recommender_pb2 as pb
+from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rbm-client", description="Call an rbmrec server.")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("RBMREC_TARGET", "127.0.0.1:50051"),
+        help="host:port of the server ($RBMREC_TARGET)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("recommend", help="top-n movies for a user")
+    rec.add_argument("--user", type=int, required=True)
+    rec.add_argument("-n", "--n", type=int, default=10)
+    rec.add_argument("--include-rated", action="store_true")
+    rate = sub.add_parser("rate", help="stream one rating update")
+    rate.add_argument("--user", type=int, required=True)
+    rate.add_argument("--movie", type=int, required=True)
+    rate.add_argument("--rating", type=float, required=True)
+    rate.add_argument("--timestamp", type=int, default=0, help="Unix seconds (default now)")
+    pred = sub.add_parser("predict", help="predicted ratings of some movies for a user")
+    pred.add_argument("--user", type=int, required=True)
+    pred.add_argument("--movies", type=int, nargs="+", required=True)
+    sub.add_parser("info", help="the model being served")
+    return p
+
+
+def _recommend(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
+    r = stub.Recommend(
+        pb.RecommendRequest(user_id=a.user, n=a.n, include_rated=a.include_rated), timeout=a.timeout
+    )
+    movies = [
+        {
+            "movie_id": m.movie_id,
+            "title": m.title,
+            "score": m.score,
+            "predicted_rating": m.predicted_rating,
+        }
+        for m in r.movies
+    ]
+    return {"user_id": a.user, "model_version": r.model_version, "movies": movies}
+
+
+def _rate(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
+    update = pb.RatingUpdate(
+        user_id=a.user, movie_id=a.movie, rating=a.rating, timestamp=a.timestamp or int(time.time())
+    )
+    acks = list(stub.UpdateRatings(iter([update]), timeout=a.timeout))
+    if len(acks) != 1:
+        raise RuntimeError(f"expected one ack, got {len(acks)}")
+    return {"accepted": acks[0].accepted, "error": acks[0].error}
+
+
+def _predict(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
+    r = stub.PredictRatings(
+        pb.PredictRatingsRequest(user_id=a.user, movie_ids=a.movies), timeout=a.timeout
+    )
+    return {
+        "user_id": a.user,
+        "model_version": r.model_version,
+        "ratings": dict(zip(a.movies, r.ratings, strict=True)),
+    }
+
+
+def _info(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
+    r = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=a.timeout)
+    return {
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "alias": r.alias,
+        "num_users": r.num_users,
+        "num_movies": r.num_movies,
+        "hidden_units": r.hidden_units,
+        "rating_levels": list(r.rating_levels),
+        "device": r.device,
+        "backend": r.backend,
+    }
+
+
+def _print_human(command: str, out: dict[str, Any]) -> None:
+    if command == "recommend":
+        print(f"user {out['user_id']} (model version {out['model_version']}):")
+        for i, m in enumerate(out["movies"], 1):
+            print(
+                f"{i:>4}. {m['title'][:60]:<60} predicted {m['predicted_rating']:.2f}"
+                f"  (movie {m['movie_id']}, score {m['score']:.3f})"
+            )
+    elif command == "rate":
+        print("accepted" if out["accepted"] else f"rejected: {out['error']}")
+    else:
+        for key, value in (out["ratings"] if command == "predict" else out).items():
+            print(f"{key}: {value}")
+
+
+_COMMANDS = {"recommend": _recommend, "rate": _rate, "predict": _predict, "info": _info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rbm-client``."""
+    args = _parser().parse_args(argv)
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        try:
+            out = _COMMANDS[args.command](stub, args)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            print(f"rbm-client: error: {code}: {details}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _print_human(args.command, out)
+    return 0 if args.command != "rate" or out["accepted"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""``rbm-serve``: build the collaborators, start the gRPC server, stop it gracefully."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
+
+from rbmrec.v1 import recommender_pb2 as pb
+from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from registry.store import FileRegistry, resolve_root
+from server.batcher import BatcherConfig
+from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
+from server.model_holder import ModelHolder
+from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
+from server.recommender import Recommender
+from server.service import RecommenderService
+
+__all__ = ["ServerConfig", "main", "serve"]
+
+log = logging.getLogger("rbm-serve")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``rbm-serve`` can be told, by flag or environment variable."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    registry: str = "registry"
+    model: str = "rbm"
+    alias: str = "production"
+    device: str = "auto"
+    cache: str = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "rbmrec"  # every Redis key starts with it; the rating log is PREFIX:ratings
+    cache_ttl_s: int = 86_400
+    max_batch_size: int = 64
+    max_batch_wait_us: int = 0
+    max_queue: int = 2048
+    poll_interval_s: float = 1.0
+    torch_threads: int = 1  # one beat two on a 2-core host: the event loop needs the other
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.cache not in ("redis", "memory"):
+            raise ValueError(f"cache must be redis or memory, got {self.cache!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        if self.poll_interval_s <= 0 or self.torch_threads < 1:
+            raise ValueError("poll interval must be > 0 and torch threads >= 1")
+        BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
+
+    def torch_device(self) -> torch.device:
+        """The device to serve on."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def _redact(url: str) -> str:
+    # Never log a password: redis://user:secret@host -> redis://user:***@host
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user}:***@{host}"
+
+
+async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
+    if config.cache == "memory":
+        return MemoryHiddenCache(), NoRatingLog(), "memory (--cache memory)"
+    client = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        await client.ping()
+        where = f"redis at {_redact(config.redis_url)}"
+    except (RedisError, OSError) as exc:
+        where = f"memory (no Redis answered at {_redact(config.redis_url)}: {exc}; retrying)"
+    return (
+        RedisHiddenCache(client, config.cache_ttl_s, config.redis_prefix),
+        RedisRatingLog(client, config.redis_prefix),
+        where,
+    )
+
+
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
+    torch.set_num_threads(config.torch_threads)
+    registry = FileRegistry(resolve_root(config.registry))
+    holder = ModelHolder(
+        registry, config.model, config.alias, config.torch_device(), config.poll_interval_s
+    )
+    await holder.refresh()
+    cache, rating_log, where = await _storage(config)
+    overlay = UserOverlay()
+    with contextlib.suppress(Exception):  # the log may be unreachable; updates then refuse
+        replayed = await overlay.replay(rating_log)
+        log.info("replayed %d streamed ratings from the log", replayed)
+    recommender = Recommender(
+        holder,
+        cache,
+        overlay,
+        rating_log,
+        BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue),
+    )
+    server = grpc.aio.server()
+    pb_grpc.add_RecommenderServicer_to_server(
+        RecommenderService(recommender, config.model, config.alias, "torch"), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lag
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    recommender.batcher.start()
+
+    async def set_health() -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if holder.engine
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(config.poll_interval_s)
+            await holder.refresh()
+            await set_health()
+
+    await set_health()
+    watcher = asyncio.create_task(watch(), name="alias-watcher")
+    log.info("config: %s", {**dataclasses.asdict(config), "redis_url": _redact(config.redis_url)})
+    print(f"cache: {where}", flush=True)
+    print(
+        f"serving {config.model}@{config.alias} version "
+        f"{holder.engine.version if holder.engine else 'none yet'} on {config.host}:{port}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: finishing in-flight requests")
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_s)
+        watcher.cancel()
+        await recommender.batcher.close()
+        await cache.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="rbm-serve", description="Serve rbmrec.v1.Recommender over gRPC."
+    )
+    p.add_argument(
+        "--host",
+        default=env("RBMREC_HOST", d.host),
+        help="bind address (default loopback; $RBMREC_HOST)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(env("RBMREC_PORT", d.port)),
+        help="0 picks a free port and prints it ($RBMREC_PORT)",
+    )
+    p.add_argument(
+        "--registry", default=None, help="registry root (else $RBMREC_REGISTRY, else ./registry)"
+    )
+    p.add_argument("--model", default=env("RBMREC_MODEL", d.model))
+    p.add_argument("--alias", default=env("RBMREC_ALIAS", d.alias))
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=env("RBMREC_DEVICE", d.device)
+    )
+    p.add_argument("--cache", choices=("redis", "memory"), default=env("RBMREC_CACHE", d.cache))
+    p.add_argument("--redis-url", default=env("REDIS_URL", d.redis_url), help="($REDIS_URL)")
+    p.add_argument(
+        "--redis-prefix",
+        default=env("RBMREC_REDIS_PREFIX", d.redis_prefix),
+        help="prefix of every Redis key ($RBMREC_REDIS_PREFIX)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=d.max_batch_size, help="1 turns batching off"
+    )
+    p.add_argument("--max-batch-wait-us", type=int, default=d.max_batch_wait_us)
+    p.add_argument("--max-queue", type=int, default=d.max_queue)
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=d.poll_interval_s,
+        help="seconds between checks of the registry alias",
+    )
+    p.add_argument("--log-level", default=env("RBMREC_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rbm-serve``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            registry=str(resolve_root(args.registry)),
+            model=args.model,
+            alias=args.alias,
+            device=args.device,
+            cache=args.cache,
+            redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
+            max_batch_size=args.max_batch_size,
+            max_batch_wait_us=args.max_batch_wait_us,
+            max_queue=args.max_queue,
+            poll_interval_s=args.poll_interval,
+        )
+    except ValueError as exc:
+        print(f"rbm-serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except RuntimeError as exc:  # e.g. the port is taken
+        print(f"rbm-serve: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The serving logic behind the RPCs, free of gRPC: validation, hidden states, batching, updates."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from server.batcher import Batcher, BatcherConfig
+from server.engine import Engine
+from server.errors import InvalidArgument, NotFound
+from server.hidden_cache import CacheKey, HiddenCache
+from server.model_holder import ModelHolder
+from server.ratings import RatingLog, RatingRecord, UserOverlay
+
+__all__ = ["MAX_N", "MAX_PREDICT", "RecommendJob", "Recommender", "ScoredMovie", "Served"]
+
+MAX_N = 1000
+MAX_PREDICT = 10_000
+MAX_FUTURE_S = 86_400  # a timestamp more than a day ahead is a client bug, not a clock skew
+
+
+@dataclass(frozen=True)
+class RecommendJob:
+    """One Recommend request as the batcher sees it."""
+
+    user_id: int
+    n: int
+    include_rated: bool
+
+
+@dataclass(frozen=True)
+class ScoredMovie:
+    """One recommended movie in MovieLens ids."""
+
+    movie_id: int
+    score: float
+    predicted_rating: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Served:
+    """A response and the version that computed it."""
+
+    version: str
+    movies: list[ScoredMovie]
+
+
+@dataclass(frozen=True)
+class _UserState:
+    ratings: dict[int, int]  # {movie index: level index}, training ratings + streamed ones
+    key: CacheKey
+
+
+class Recommender:
+    """Answers Recommend, PredictRatings and rating updates on the holder's current engine."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        cache: HiddenCache,
+        overlay: UserOverlay,
+        rating_log: RatingLog,
+        batcher_config: BatcherConfig,
+    ) -> None:
+        self.holder = holder
+        self.cache = cache
+        self.overlay = overlay
+        self.rating_log = rating_log
+        self.batcher: Batcher[RecommendJob, Served] = Batcher(self._recommend_batch, batcher_config)
+
+    # -- Recommend -------------------------------------------------------------------------
+    async def recommend(self, job: RecommendJob, timeout_s: float | None = None) -> Served:
+        """Top-n movies for a user, computed in a batch with concurrent requests."""
+        if not 1 <= job.n <= MAX_N:
+            raise InvalidArgument(f"n must be between 1 and {MAX_N}, got {job.n}")
+        return await self.batcher.submit(job, timeout_s)
+
+    async def _recommend_batch(self, jobs: list[RecommendJob]) -> list[Served]:
+        engine = self.holder.require()  # the whole batch is computed on one version
+        states = [self._state(engine, job.user_id) for job in jobs]
+        hidden = await self._hidden(engine, states)
+        recs = await asyncio.to_thread(
+            engine.recommend,
+            hidden,
+            [s.ratings for s in states],
+            [j.n for j in jobs],
+            [j.include_rated for j in jobs],
+        )
+        titles, ids = engine.ckpt.titles, engine.movie_ids
+        return [
+            Served(
+                engine.version,
+                [
+                    ScoredMovie(ids[m], s, p, titles[m])
+                    for m, s, p in zip(r.movies, r.scores, r.predicted, strict=True)
+                ],
+            )
+            for r in recs
+        ]
+
+    # -- PredictRatings --------------------------------------------------------------------
+    async def predict(self, user_id: int, movie_ids: list[int]) -> tuple[str, list[float]]:
+        """Predicted rating of each movie for the user, in request order."""
+        if len(movie_ids) > MAX_PREDICT:
+            raise InvalidArgument(
+                f"at most {MAX_PREDICT} movie_ids per request, got {len(movie_ids)}"
+            )
+        engine = self.holder.require()
+        index = []
+        for mid in movie_ids:
+            idx = engine.movie_index.get(mid)
+            if idx is None:
+                raise NotFound(f"movie {mid} is not in model version {engine.version}")
+            index.append(idx)
+        state = self._state(engine, user_id)
+        (hidden,) = await self._hidden(engine, [state])
+        return engine.version, await asyncio.to_thread(engine.predict, hidden, index)
+
+    # -- UpdateRatings ---------------------------------------------------------------------
+    async def update(self, record: RatingRecord) -> None:
+        """Validate, log durably, then apply to the overlay and the cached hidden state.
+
+        Raises InvalidArgument/NotFound for a bad update and Unavailable when the log
+        cannot store it: nothing is applied unless the log has it.
+        """
+        engine = self.holder.require()
+        movie, level = self._validate(engine, record)
+        before = self._state(engine, record.user_id)
+        stamped = (
+            record
+            if record.timestamp
+            else RatingRecord(record.user_id, record.movie_id, record.rating, int(time.time()))
+        )
+        await self.rating_log.append(stamped)
+        self.overlay.apply(stamped)
+        (cached,) = await self.cache.get_many([before.key])
+        if cached is not None:  # O(F): swap one weight row, no other rating touched
+            new = cached.to(engine.device) + engine.unit_row(movie, level)
+            old_level = before.ratings.get(movie)
+            if old_level is not None:
+                new = new - engine.unit_row(movie, old_level)
+            after = self._state(engine, record.user_id)
+            await self.cache.set_many([(after.key, new)])
+
+    @staticmethod
+    def _validate(engine: Engine, record: RatingRecord) -> tuple[int, int]:
+        if record.user_id <= 0:
+            raise InvalidArgument(f"user_id must be positive, got {record.user_id}")
+        movie = engine.movie_index.get(record.movie_id)
+        if movie is None:
+            raise NotFound(f"movie {record.movie_id} is not in model version {engine.version}")
+        level = engine.level_of.get(record.rating) if math.isfinite(record.rating) else None
+        if level is None:
+            scale = ", ".join(f"{v:g}" for v in engine.ckpt.levels)
+            raise InvalidArgument(f"rating {record.rating} is not on the model's scale ({scale})")
+        if record.timestamp < 0 or record.timestamp > time.time() + MAX_FUTURE_S:
+            raise InvalidArgument(f"timestamp {record.timestamp} is not a sane Unix time")
+        return movie, level
+
+    # -- hidden states ---------------------------------------------------------------------
+    def _state(self, engine: Engine, user_id: int) -> _UserState:
+        ratings = engine.base_ratings(user_id)
+        streamed, generation = self.overlay.get(user_id)
+        for movie_id, value in streamed.items():
+            movie, level = engine.movie_index.get(movie_id), engine.level_of.get(value)
+            if movie is not None and level is not None:  # a newer catalogue may lack it
+                ratings[movie] = level
+        key = CacheKey(self.holder.model, engine.version, user_id, generation)
+        return _UserState(ratings, key)
+
+    async def _hidden(self, engine: Engine, states: list[_UserState]) -> list[Tensor]:
+        cached = await self.cache.get_many([s.key for s in states])
+        out, fresh = [], []
+        for state, value in zip(states, cached, strict=True):
+            if value is None or value.shape != (engine.config.n_hidden,):
+                value = engine.hidden_pre(state.ratings)
+                fresh.append((state.key, value))
+            out.append(value)
+        await self.cache.set_many(fresh)
+        return out

@@ -1,0 +1,127 @@
+"""The gRPC servicer: parse the request, call the Recommender, map domain errors to status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from rbmrec.v1 import recommender_pb2 as pb
+from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from server.ratings import RatingRecord
+from server.recommender import Recommender, RecommendJob
+
+__all__ = ["RecommenderService", "status_for"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_for(exc: ServiceError) -> grpc.StatusCode:
+    """The gRPC status code for a domain error."""
+    return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """rbmrec.v1.Recommender over a ``Recommender``."""
+
+    def __init__(self, recommender: Recommender, model_name: str, alias: str, backend: str) -> None:
+        self.recommender = recommender
+        self.model_name = model_name
+        self.alias = alias
+        self.backend = backend
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RecommendResponse:
+        """Top-n movies for a user."""
+        job = RecommendJob(request.user_id, request.n, request.include_rated)
+        try:
+            served = await self.recommender.recommend(job, context.time_remaining())
+        except ServiceError as exc:
+            await context.abort(status_for(exc), str(exc))
+        return pb.RecommendResponse(
+            movies=[
+                pb.ScoredMovie(
+                    movie_id=m.movie_id,
+                    score=m.score,
+                    predicted_rating=m.predicted_rating,
+                    title=m.title,
+                )
+                for m in served.movies
+            ],
+            model_version=served.version,
+        )
+
+    async def PredictRatings(
+        self, request: pb.PredictRatingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PredictRatingsResponse:
+        """One predicted rating per requested movie."""
+        try:
+            version, ratings = await self.recommender.predict(
+                request.user_id, list(request.movie_ids)
+            )
+        except ServiceError as exc:
+            await context.abort(status_for(exc), str(exc))
+        return pb.PredictRatingsResponse(ratings=ratings, model_version=version)
+
+    async def UpdateRatings(
+        self,
+        request_iterator: AsyncIterator[pb.RatingUpdate],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.RatingAck]:
+        """Validate and store each update, acknowledging in order.
+
+        A bad update gets ``accepted=false`` and the stream goes on; if an update cannot be
+        stored durably the stream ends with UNAVAILABLE, so no unstored update is acked.
+        """
+        async for update in request_iterator:
+            record = RatingRecord(update.user_id, update.movie_id, update.rating, update.timestamp)
+            try:
+                await self.recommender.update(record)
+            except (InvalidArgument, NotFound) as exc:
+                yield pb.RatingAck(accepted=False, error=str(exc))
+                continue
+            except ServiceError as exc:
+                await context.abort(status_for(exc), str(exc))
+            yield pb.RatingAck(accepted=True)
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInfo:
+        """What model version is serving, and where."""
+        try:
+            engine = self.recommender.holder.require()
+        except ServiceError as exc:
+            await context.abort(status_for(exc), str(exc))
+        cfg = engine.config
+        return pb.ModelInfo(
+            model_name=self.model_name,
+            model_version=engine.version,
+            num_users=len(engine.user_row),
+            num_movies=cfg.n_movies,
+            hidden_units=cfg.n_hidden,
+            rating_levels=list(engine.ckpt.levels),
+            device=str(engine.device),
+            alias=self.alias,
+            backend=self.backend,
+        )
