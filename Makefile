@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Both start with `make install`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# These machines (and CI) have no network: use the shared MovieLens copy when it is there.
+SHARED_DATA := $(wildcard $(CURDIR)/../shared/movielens)
+export RBMREC_DATA ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(CURDIR)/data)
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install proto demo test lint typecheck unit clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: the CPU wheel is on disk here; any other spec pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml proto/rbmrec/v1/recommender.proto scripts/gen_proto.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check 'grpcio-tools>=1.70'
+	PYTHON=$(BIN)/python ./scripts/gen_proto.sh
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Regenerate the gRPC stubs in rbmrec/ from proto/ (never edit them by hand).
+proto: install
+	PYTHON=$(BIN)/python ./scripts/gen_proto.sh
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/demo.sh
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) rbmrec .demo .mypy_cache .ruff_cache .pytest_cache
