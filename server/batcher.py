@@ -78,10 +78,8 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(ResourceExhausted("server is shutting down"))
+        queued = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        _fail(queued, ResourceExhausted("server is shutting down"))
 
     async def submit(self, item: T, timeout_s: float | None = None) -> R:
         """Queue ``item`` and wait for its result; raise ResourceExhausted if the queue is full."""
@@ -130,23 +128,32 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         while True:
             live = self._live(await self._collect())
-            if not live:
-                continue
-            self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
-            if self.on_batch is not None:
-                self.on_batch(len(live))
-            try:
-                results = await self.handler([p.item for p in live])
-                if len(results) != len(live):
-                    raise RuntimeError(
-                        f"batch handler returned {len(results)} results for {len(live)} items"
-                    )
-            except Exception as exc:  # every caller of the batch gets the failure
-                log.exception("batch of %d failed", len(live))
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, r in zip(live, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(r)
+            if live:
+                await self._dispatch(live)
+
+    async def _dispatch(self, live: list[_Pending[T, R]]) -> None:
+        self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        try:
+            results = await self.handler([p.item for p in live])
+            if len(results) != len(live):
+                raise RuntimeError(
+                    f"batch handler returned {len(results)} results for {len(live)} items"
+                )
+        except asyncio.CancelledError:
+            _fail(live, ResourceExhausted("server is shutting down"))  # nobody waits forever
+            raise
+        except Exception as exc:  # every caller of the batch gets the failure
+            log.exception("batch of %d failed", len(live))
+            _fail(live, exc)
+            return
+        for p, r in zip(live, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(r)
+
+
+def _fail(pending: list[_Pending[T, R]], exc: BaseException) -> None:
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(exc)

@@ -12,14 +12,17 @@ import logging
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rbm.checkpoint import save_checkpoint
+from rbm.checkpoint import save_checkpoint, smoke_test
+from rbm.onnx_export import ONNX_FILE, export_checkpoint
 from registry.errors import RegistryError
+from registry.gate import promote
 from registry.records import VersionMeta
 from registry.store import FileRegistry, resolve_root
 from trainer.data import DATASETS, DataUnavailable, load_dataset, resolve_data_dir
@@ -92,10 +95,22 @@ def _register(
         library_versions=_library_versions(),
         description=f"RBM on {args.dataset}/{args.split}",
     )
-    info = registry.register(args.model, lambda d: save_checkpoint(outcome.checkpoint, d), meta)
+
+    def write_files(directory: Path) -> None:
+        save_checkpoint(outcome.checkpoint, directory)
+        export_checkpoint(outcome.checkpoint, directory / ONNX_FILE)
+
+    info = registry.register(args.model, write_files, meta)
     result: dict[str, Any] = {"model": args.model, "version": info.version, "path": str(info.path)}
-    if args.promote:
-        registry.set_alias(args.model, "production", info.version, reason="rbm-train --promote")
+    if args.promote:  # through the same gate as `rbm-registry promote`
+        promote(
+            registry,
+            args.model,
+            info.version,
+            "production",
+            reason="rbm-train --promote",
+            smoke_test=smoke_test,
+        )
         result["promoted"] = "production"
     return result
 

@@ -61,8 +61,8 @@ def _check(name: str, data: bytes) -> None:
             raise DataUnavailable(f"downloaded {name}/{src.marker} fails its checksum")
 
 
-def _download(name: str, data_dir: Path, timeout: float) -> Path:
-    url = f"{BASE_URL}{name}.zip"
+def _download(name: str, data_dir: Path, base_url: str, timeout: float) -> Path:
+    url = f"{base_url}{name}.zip"
     log.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         archive = resp.read()
@@ -78,7 +78,9 @@ def _download(name: str, data_dir: Path, timeout: float) -> Path:
     return data_dir / name
 
 
-def ensure_dataset(name: str, data_dir: Path, timeout: float = 20.0) -> Path:
+def ensure_dataset(
+    name: str, data_dir: Path, base_url: str = BASE_URL, timeout: float = 20.0
+) -> Path:
     """The folder holding ``name``'s files, downloading them into ``data_dir`` if missing."""
     if name not in _SOURCES:
         raise DataUnavailable(f"unknown dataset {name!r}")
@@ -87,10 +89,10 @@ def ensure_dataset(name: str, data_dir: Path, timeout: float = 20.0) -> Path:
         return found
     marker = _SOURCES[name].marker
     try:
-        return _download(name, data_dir, timeout)
+        return _download(name, data_dir, base_url, timeout)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DataUnavailable(
             f"{name} is not in {data_dir} (looked for {data_dir / name / marker}) and could "
-            f"not be downloaded from {BASE_URL}{name}.zip ({exc}); download and unzip it into "
+            f"not be downloaded from {base_url}{name}.zip ({exc}); download and unzip it into "
             f"{data_dir}, or point --data-dir / $RBMREC_DATA at a folder that holds {name}/"
         ) from exc
