@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(k=r.cd_k, recon_rmse=f"{r.recon_rmse:.3f}", val_rmse=f"{r.val_rmse:.4f}")
 
+    started = time.monotonic()
     try:
         outcome = fit_and_evaluate(ds, cfg, on_epoch)
     except (FloatingPointError, RuntimeError, ValueError) as exc:
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
 
+    outcome.metrics["train_seconds"] = round(time.monotonic() - started, 3)
     report: dict[str, Any] = dict(outcome.metrics)
     report["baselines"] = outcome.baselines
     report |= {"dataset": args.dataset, "split": args.split, "device": cfg.device}
