@@ -14,13 +14,30 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from rbm.model import entry_level_probabilities
-from rbm.scoring import Scorer
+from server.backends import ScoreFn, make_score_fn
 
-__all__ = ["Engine", "Recommendation", "UserRatings"]
+__all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
 
 # A user's ratings as {movie index: level index}.
 UserRatings = Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class TopNQuery:
+    """The best ``n`` movies, leaving out rated ones unless ``include_rated``."""
+
+    n: int
+    include_rated: bool = False
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """Expected ratings of these movie indices."""
+
+    movies: tuple[int, ...]
+
+
+Query = TopNQuery | PredictQuery
 
 
 @dataclass(frozen=True)
@@ -33,27 +50,39 @@ class Recommendation:
 
 
 class Engine:
-    """A checkpoint ready to serve on ``device``."""
+    """A checkpoint ready to serve on ``device`` with one scoring backend."""
 
-    def __init__(self, ckpt: Checkpoint, version: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        version: str,
+        device: torch.device,
+        score_fn: ScoreFn,
+        backend: str = "torch",
+    ) -> None:
         self.ckpt = ckpt
         self.version = version
         self.device = device
+        self.backend = backend
         self.config = ckpt.config
-        self.levels = torch.tensor(ckpt.levels, dtype=torch.float32)
-        self.scorer = Scorer(ckpt.params, self.levels).to(device).eval()
+        self.score_fn = score_fn
         self.params = ckpt.params.to(device)
         self.movie_index = {int(m): i for i, m in enumerate(ckpt.movie_ids.tolist())}
-        self.movie_ids = ckpt.movie_ids.tolist()
+        self.movie_ids: list[int] = ckpt.movie_ids.tolist()
         self.user_row = {int(u): i for i, u in enumerate(ckpt.user_ids.tolist())}
         self.popularity = ckpt.popularity.to(device)
         self.level_of = {float(v): i for i, v in enumerate(ckpt.levels)}
 
     @classmethod
-    def load(cls, directory: Path, version: str, device: torch.device) -> Engine:
+    def load(
+        cls, directory: Path, version: str, device: torch.device, backend: str = "torch"
+    ) -> Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
-        engine = cls(load_checkpoint(directory), version, device)
-        engine.recommend([engine.params.hidden_bias.clone()], [{}], [1], [False])
+        ckpt = load_checkpoint(directory)
+        engine = cls(
+            ckpt, version, device, make_score_fn(backend, ckpt, directory, device), backend
+        )
+        engine.run([engine.hidden_pre({})], [{}], [TopNQuery(1)])
         return engine
 
     @property
@@ -67,13 +96,8 @@ class Engine:
         if row is None:
             return {}
         lo, hi = int(self.ckpt.user_indptr[row]), int(self.ckpt.user_indptr[row + 1])
-        return dict(
-            zip(
-                self.ckpt.user_movies[lo:hi].tolist(),
-                self.ckpt.user_levels[lo:hi].tolist(),
-                strict=True,
-            )
-        )
+        movies = self.ckpt.user_movies[lo:hi].tolist()
+        return dict(zip(movies, self.ckpt.user_levels[lo:hi].tolist(), strict=True))
 
     def hidden_pre(self, ratings: UserRatings) -> Tensor:
         """Hidden pre-activation from {movie index: level index}: (F,) on the device."""
@@ -88,49 +112,63 @@ class Engine:
         """The weight row that a rating of ``movie`` at ``level`` adds to the pre-activation."""
         return self.params.weights[level * self.n_movies + movie]
 
-    @torch.no_grad()
-    def recommend(
-        self,
-        hidden_pre: Sequence[Tensor],
-        rated: Sequence[UserRatings],
-        n: Sequence[int],
-        include_rated: Sequence[bool],
-    ) -> list[Recommendation]:
-        """One matrix pass for a batch of users; users with no ratings get popularity order."""
-        batch = len(hidden_pre)
+    @torch.inference_mode()
+    def run(
+        self, hidden_pre: Sequence[Tensor], rated: Sequence[UserRatings], queries: Sequence[Query]
+    ) -> list[Recommendation | list[float]]:
+        """One scoring pass for a batch of users, then each row's top-n or predictions.
+
+        Users with no ratings at all get popularity order (their RBM scores carry no
+        information about them).
+        """
         h = torch.stack(list(hidden_pre)).to(self.device)  # (B, F)
-        scores, expected = self.scorer(h)  # (B, M) each
-        cold = torch.tensor([not r for r in rated], device=self.device)
-        scores = torch.where(cold.unsqueeze(1), self.popularity.expand(batch, -1), scores)
-        rows: list[int] = []
-        cols: list[int] = []
-        for b, (r, inc) in enumerate(zip(rated, include_rated, strict=True)):
-            if r and not inc:
-                rows.extend([b] * len(r))
-                cols.extend(r.keys())
-        if rows:
-            scores = scores.index_put(
-                (torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)),
-                torch.tensor(-torch.inf, device=self.device),
-            )
-        k = min(max(n), self.n_movies)
-        top_scores, top_idx = torch.topk(scores, k, dim=1)  # (B, k)
-        top_pred = torch.gather(expected, 1, top_idx)
-        out = []
-        for b in range(batch):
-            s, i, p = top_scores[b, : n[b]], top_idx[b, : n[b]], top_pred[b, : n[b]]
-            keep = torch.isfinite(s)
-            out.append(Recommendation(i[keep].tolist(), s[keep].tolist(), p[keep].tolist()))
+        scores, expected = self.score_fn(h)  # (B, M) each
+        top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
+        tops = self._top_n(scores, expected, rated, queries, top_rows) if top_rows else {}
+        out: list[Recommendation | list[float]] = []
+        for b, q in enumerate(queries):
+            if isinstance(q, TopNQuery):
+                out.append(tops[b])
+            else:
+                idx = torch.tensor(q.movies, dtype=torch.int64, device=self.device)
+                out.append(expected[b, idx].tolist())
         return out
 
-    @torch.no_grad()
-    def predict(self, hidden_pre: Tensor, movies: Sequence[int]) -> list[float]:
-        """Expected rating of ``movies`` (indices) for one user."""
-        if not movies:
-            return []
-        hidden = torch.sigmoid(hidden_pre.to(self.device)).unsqueeze(0)  # (1, F)
-        idx = torch.tensor(list(movies), dtype=torch.int64, device=self.device)
-        rows = torch.zeros_like(idx)
-        probs = entry_level_probabilities(self.params, hidden, rows, idx, self.config)  # (n, K)
-        result: list[float] = (probs @ self.levels.to(self.device)).tolist()
-        return result
+    def _top_n(
+        self,
+        scores: Tensor,
+        expected: Tensor,
+        rated: Sequence[UserRatings],
+        queries: Sequence[Query],
+        rows: list[int],
+    ) -> dict[int, Recommendation]:
+        sel = torch.tensor(rows, device=self.device)
+        s, e = scores[sel], expected[sel]  # (R, M)
+        cold = torch.tensor([not rated[b] for b in rows], device=self.device)
+        s = torch.where(cold.unsqueeze(1), self.popularity.expand_as(s), s)
+        mask_rows: list[int] = []
+        mask_cols: list[int] = []
+        for r, b in enumerate(rows):
+            q = queries[b]
+            if isinstance(q, TopNQuery) and not q.include_rated:
+                mask_rows.extend([r] * len(rated[b]))
+                mask_cols.extend(rated[b].keys())
+        if mask_rows:
+            where = (
+                torch.tensor(mask_rows, device=self.device),
+                torch.tensor(mask_cols, device=self.device),
+            )
+            s = s.index_put(where, torch.tensor(-torch.inf, device=self.device))
+        ns = [q.n for q in queries if isinstance(q, TopNQuery)]
+        top_s, top_i = torch.topk(s, min(max(ns), self.n_movies), dim=1)  # (R, k)
+        top_e = torch.gather(e, 1, top_i)
+        top_s, top_i, top_e = top_s.cpu(), top_i.cpu(), top_e.cpu()  # one transfer per batch
+        out = {}
+        for r, (b, n) in enumerate(zip(rows, ns, strict=True)):
+            keep = torch.isfinite(top_s[r, :n])
+            out[b] = Recommendation(
+                top_i[r, :n][keep].tolist(),
+                top_s[r, :n][keep].tolist(),
+                top_e[r, :n][keep].tolist(),
+            )
+        return out

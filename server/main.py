@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -22,8 +23,11 @@ from redis.exceptions import RedisError
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from registry.store import FileRegistry, resolve_root
+from server.backends import BACKENDS
 from server.batcher import BatcherConfig
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
+from server.logs import configure_logging
+from server.metrics import Metrics, ServerState
 from server.model_holder import ModelHolder
 from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
 from server.recommender import Recommender
@@ -53,6 +57,8 @@ class ServerConfig:
     max_batch_wait_us: int = 0
     max_queue: int = 2048
     poll_interval_s: float = 1.0
+    backend: str = "torch"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0 picks a free port
     torch_threads: int = 1  # one beat two on a 2-core host: the event loop needs the other
     grace_s: float = 5.0
 
@@ -65,6 +71,10 @@ class ServerConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port must be in 0..65535, got {self.metrics_port}")
         if self.poll_interval_s <= 0 or self.torch_threads < 1:
             raise ValueError("poll interval must be > 0 and torch threads >= 1")
         BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
@@ -102,78 +112,109 @@ async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
     )
 
 
-async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
-    """Run the server until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
-    torch.set_num_threads(config.torch_threads)
+@dataclass
+class _App:
+    """The collaborators of one running server."""
+
+    holder: ModelHolder
+    cache: HiddenCache
+    recommender: Recommender
+    metrics: Metrics
+    health: Any  # grpc_health's aio HealthServicer (untyped)
+
+    def state(self) -> ServerState:
+        """Live counters for /metrics."""
+        stats, status, engine = self.cache.stats, self.holder.status, self.holder.engine
+        return ServerState(
+            cache_hits=stats.hits,
+            cache_misses=stats.misses,
+            cache_errors=stats.errors,
+            cache_backend=self.cache.backend,
+            reloads=status.reloads,
+            reload_failures=status.failures,
+            queue_depth=self.recommender.batcher.depth,
+            model_version=engine.version if engine else "",
+        )
+
+    async def set_health(self) -> None:
+        """SERVING once a model is loaded, NOT_SERVING before."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if self.holder.engine else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def follow_alias(self, interval_s: float) -> None:
+        """Reload when the registry alias moves (cancel the task to stop)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.holder.refresh()
+            await self.set_health()
+
+
+async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
     registry = FileRegistry(resolve_root(config.registry))
     holder = ModelHolder(
-        registry, config.model, config.alias, config.torch_device(), config.poll_interval_s
+        registry, config.model, config.alias, config.torch_device(), config.backend
     )
     await holder.refresh()
     cache, rating_log, where = await _storage(config)
     overlay = UserOverlay()
     with contextlib.suppress(Exception):  # the log may be unreachable; updates then refuse
-        replayed = await overlay.replay(rating_log)
-        log.info("replayed %d streamed ratings from the log", replayed)
-    recommender = Recommender(
-        holder,
-        cache,
-        overlay,
-        rating_log,
-        BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue),
-    )
-    server = grpc.aio.server()
+        log.info("replayed %d streamed ratings from the log", await overlay.replay(rating_log))
+    batching = BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue)
+    recommender = Recommender(holder, cache, overlay, rating_log, batching)
+    metrics = Metrics()
+    recommender.batcher.on_batch = metrics.batch_size.observe
+    app = _App(holder, cache, recommender, metrics, health.aio.HealthServicer())  # type: ignore[attr-defined]
+    metrics.watch(app.state)
     pb_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(recommender, config.model, config.alias, "torch"), server
+        RecommenderService(recommender, config.model, config.alias, metrics), server
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lag
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    print(f"cache: {where}", flush=True)
+    return app
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run the server until SIGTERM/SIGINT, then stop accepting, finish in-flight work, exit."""
+    torch.set_num_threads(config.torch_threads)
+    server = grpc.aio.server()
+    app = await _build(config, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
-    recommender.batcher.start()
-
-    async def set_health() -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if holder.engine
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, status)
-
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(config.poll_interval_s)
-            await holder.refresh()
-            await set_health()
-
-    await set_health()
-    watcher = asyncio.create_task(watch(), name="alias-watcher")
+    app.recommender.batcher.start()
+    await app.set_health()
+    watcher = asyncio.create_task(app.follow_alias(config.poll_interval_s), name="alias-watcher")
     log.info("config: %s", {**dataclasses.asdict(config), "redis_url": _redact(config.redis_url)})
-    print(f"cache: {where}", flush=True)
+    if config.metrics_port is not None:
+        metrics_port = app.metrics.serve_http(config.metrics_port, config.host)
+        print(f"metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    version = app.holder.engine.version if app.holder.engine else "none yet"
     print(
-        f"serving {config.model}@{config.alias} version "
-        f"{holder.engine.version if holder.engine else 'none yet'} on {config.host}:{port}",
+        f"serving {config.model}@{config.alias} version {version} on {config.host}:{port}",
         flush=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
     try:
         await stop.wait()
     finally:
         log.info("shutting down: finishing in-flight requests")
-        await health_servicer.enter_graceful_shutdown()
+        await app.health.enter_graceful_shutdown()
         await server.stop(config.grace_s)
         watcher.cancel()
-        await recommender.batcher.close()
-        await cache.close()
+        await app.recommender.batcher.close()
+        await app.cache.close()
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -219,18 +260,32 @@ def _parser() -> argparse.ArgumentParser:
         default=d.poll_interval_s,
         help="seconds between checks of the registry alias",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=env("RBMREC_BACKEND", d.backend),
+        help="run the scoring pass with PyTorch or the version's ONNX export",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("RBMREC_METRICS_PORT"),
+        help="serve Prometheus /metrics on this port (0 picks one; default off)",
+    )
     p.add_argument("--log-level", default=env("RBMREC_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env("RBMREC_LOG_FORMAT", "text"),
+        help="json: one JSON object per log line",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rbm-serve``."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = ServerConfig(
             host=args.host,
@@ -246,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_wait_us=args.max_batch_wait_us,
             max_queue=args.max_queue,
             poll_interval_s=args.poll_interval,
+            backend=args.backend,
+            metrics_port=args.metrics_port,
         )
     except ValueError as exc:
         print(f"rbm-serve: error: {exc}", file=sys.stderr)

@@ -42,13 +42,13 @@ class ModelHolder:
         model: str,
         alias: str,
         device: torch.device,
-        poll_s: float = 1.0,
+        backend: str = "torch",
     ) -> None:
         self.registry = registry
         self.model = model
         self.alias = alias
         self.device = device
-        self.poll_s = poll_s
+        self.backend = backend
         self.engine: Engine | None = None
         self.status = ReloadStatus()
 
@@ -64,7 +64,7 @@ class ModelHolder:
         if not report.ok:
             raise RegistryError(report.summary(), ErrorCode.CORRUPT)
         info = self.registry.get_version(self.model, version)
-        return Engine.load(info.path, str(version), self.device)
+        return Engine.load(info.path, str(version), self.device, self.backend)
 
     async def refresh(self) -> bool:
         """Load the alias's version if it changed; return True if a new engine was swapped in."""
@@ -96,9 +96,3 @@ class ModelHolder:
         log.error(
             "%s; still serving version %s", message, self.engine.version if self.engine else "none"
         )
-
-    async def watch(self) -> None:
-        """Poll the alias forever (cancel the task to stop)."""
-        while True:
-            await asyncio.sleep(self.poll_s)
-            await self.refresh()

@@ -10,13 +10,22 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from server.batcher import Batcher, BatcherConfig
-from server.engine import Engine
-from server.errors import InvalidArgument, NotFound
+from server.engine import Engine, PredictQuery, Query, Recommendation, TopNQuery
+from server.errors import InvalidArgument, NotFound, ServiceError
 from server.hidden_cache import CacheKey, HiddenCache
 from server.model_holder import ModelHolder
 from server.ratings import RatingLog, RatingRecord, UserOverlay
 
-__all__ = ["MAX_N", "MAX_PREDICT", "RecommendJob", "Recommender", "ScoredMovie", "Served"]
+__all__ = [
+    "MAX_N",
+    "MAX_PREDICT",
+    "PredictJob",
+    "Predicted",
+    "RecommendJob",
+    "Recommender",
+    "ScoredMovie",
+    "Served",
+]
 
 MAX_N = 1000
 MAX_PREDICT = 10_000
@@ -33,6 +42,17 @@ class RecommendJob:
 
 
 @dataclass(frozen=True)
+class PredictJob:
+    """One PredictRatings request as the batcher sees it (MovieLens movie ids)."""
+
+    user_id: int
+    movie_ids: tuple[int, ...]
+
+
+Job = RecommendJob | PredictJob
+
+
+@dataclass(frozen=True)
 class ScoredMovie:
     """One recommended movie in MovieLens ids."""
 
@@ -44,10 +64,22 @@ class ScoredMovie:
 
 @dataclass(frozen=True)
 class Served:
-    """A response and the version that computed it."""
+    """A Recommend response and the version that computed it."""
 
     version: str
     movies: list[ScoredMovie]
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A PredictRatings response and the version that computed it."""
+
+    version: str
+    ratings: list[float]
+
+
+Result = Served | Predicted | ServiceError  # a per-request error travels back as a value
+NOT_RUN: Result = ServiceError("internal: request was not computed")  # replaced for live rows
 
 
 @dataclass(frozen=True)
@@ -71,55 +103,70 @@ class Recommender:
         self.cache = cache
         self.overlay = overlay
         self.rating_log = rating_log
-        self.batcher: Batcher[RecommendJob, Served] = Batcher(self._recommend_batch, batcher_config)
+        self.batcher: Batcher[Job, Result] = Batcher(self._run_batch, batcher_config)
 
-    # -- Recommend -------------------------------------------------------------------------
     async def recommend(self, job: RecommendJob, timeout_s: float | None = None) -> Served:
         """Top-n movies for a user, computed in a batch with concurrent requests."""
         if not 1 <= job.n <= MAX_N:
             raise InvalidArgument(f"n must be between 1 and {MAX_N}, got {job.n}")
-        return await self.batcher.submit(job, timeout_s)
+        result = await self.batcher.submit(job, timeout_s)
+        if isinstance(result, ServiceError):
+            raise result
+        assert isinstance(result, Served)
+        return result
 
-    async def _recommend_batch(self, jobs: list[RecommendJob]) -> list[Served]:
-        engine = self.holder.require()  # the whole batch is computed on one version
-        states = [self._state(engine, job.user_id) for job in jobs]
-        hidden = await self._hidden(engine, states)
-        recs = await asyncio.to_thread(
-            engine.recommend,
-            hidden,
-            [s.ratings for s in states],
-            [j.n for j in jobs],
-            [j.include_rated for j in jobs],
-        )
-        titles, ids = engine.ckpt.titles, engine.movie_ids
-        return [
-            Served(
-                engine.version,
-                [
-                    ScoredMovie(ids[m], s, p, titles[m])
-                    for m, s, p in zip(r.movies, r.scores, r.predicted, strict=True)
-                ],
-            )
-            for r in recs
-        ]
-
-    # -- PredictRatings --------------------------------------------------------------------
-    async def predict(self, user_id: int, movie_ids: list[int]) -> tuple[str, list[float]]:
+    async def predict(self, job: PredictJob, timeout_s: float | None = None) -> Predicted:
         """Predicted rating of each movie for the user, in request order."""
-        if len(movie_ids) > MAX_PREDICT:
+        if len(job.movie_ids) > MAX_PREDICT:
             raise InvalidArgument(
-                f"at most {MAX_PREDICT} movie_ids per request, got {len(movie_ids)}"
+                f"at most {MAX_PREDICT} movie_ids per request, got {len(job.movie_ids)}"
             )
-        engine = self.holder.require()
+        result = await self.batcher.submit(job, timeout_s)
+        if isinstance(result, ServiceError):
+            raise result
+        assert isinstance(result, Predicted)
+        return result
+
+    async def _run_batch(self, jobs: list[Job]) -> list[Result]:
+        engine = self.holder.require()  # the whole batch is computed on one version
+        queries = [self._query(engine, job) for job in jobs]
+        results: list[Result] = [q if isinstance(q, ServiceError) else NOT_RUN for q in queries]
+        live = [(i, q) for i, q in enumerate(queries) if not isinstance(q, ServiceError)]
+        if not live:
+            return results
+        states = [self._state(engine, jobs[i].user_id) for i, _ in live]
+        hidden = await self._hidden(engine, states)
+        outputs = await asyncio.to_thread(
+            engine.run, hidden, [s.ratings for s in states], [q for _, q in live]
+        )
+        for (i, _), out in zip(live, outputs, strict=True):
+            results[i] = self._response(engine, out)
+        return results
+
+    @staticmethod
+    def _query(engine: Engine, job: Job) -> Query | ServiceError:
+        if isinstance(job, RecommendJob):
+            return TopNQuery(job.n, job.include_rated)
         index = []
-        for mid in movie_ids:
+        for mid in job.movie_ids:
             idx = engine.movie_index.get(mid)
             if idx is None:
-                raise NotFound(f"movie {mid} is not in model version {engine.version}")
+                return NotFound(f"movie {mid} is not in model version {engine.version}")
             index.append(idx)
-        state = self._state(engine, user_id)
-        (hidden,) = await self._hidden(engine, [state])
-        return engine.version, await asyncio.to_thread(engine.predict, hidden, index)
+        return PredictQuery(tuple(index))
+
+    @staticmethod
+    def _response(engine: Engine, out: Recommendation | list[float]) -> Result:
+        if isinstance(out, list):
+            return Predicted(engine.version, out)
+        titles, ids = engine.ckpt.titles, engine.movie_ids
+        return Served(
+            engine.version,
+            [
+                ScoredMovie(ids[m], s, p, titles[m])
+                for m, s, p in zip(out.movies, out.scores, out.predicted, strict=True)
+            ],
+        )
 
     # -- UpdateRatings ---------------------------------------------------------------------
     async def update(self, record: RatingRecord) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -19,8 +19,9 @@ from server.errors import (
     ServiceError,
     Unavailable,
 )
+from server.metrics import Metrics, RpcTimer
 from server.ratings import RatingRecord
-from server.recommender import Recommender, RecommendJob
+from server.recommender import PredictJob, Recommender, RecommendJob
 
 __all__ = ["RecommenderService", "status_for"]
 
@@ -44,23 +45,33 @@ def status_for(exc: ServiceError) -> grpc.StatusCode:
 class RecommenderService(pb_grpc.RecommenderServicer):
     """rbmrec.v1.Recommender over a ``Recommender``."""
 
-    def __init__(self, recommender: Recommender, model_name: str, alias: str, backend: str) -> None:
+    def __init__(
+        self, recommender: Recommender, model_name: str, alias: str, metrics: Metrics
+    ) -> None:
         self.recommender = recommender
         self.model_name = model_name
         self.alias = alias
-        self.backend = backend
+        self.metrics = metrics
+
+    async def _fail(
+        self, call: RpcTimer, context: grpc.aio.ServicerContext[Any, Any], exc: ServiceError
+    ) -> NoReturn:
+        code = status_for(exc)
+        call.code = code.name
+        await context.abort(code, str(exc))
+        raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RecommendResponse:
         """Top-n movies for a user."""
-        job = RecommendJob(request.user_id, request.n, request.include_rated)
-        try:
-            served = await self.recommender.recommend(job, context.time_remaining())
-        except ServiceError as exc:
-            await context.abort(status_for(exc), str(exc))
-        return pb.RecommendResponse(
-            movies=[
+        with self.metrics.rpc("Recommend") as call:
+            job = RecommendJob(request.user_id, request.n, request.include_rated)
+            try:
+                served = await self.recommender.recommend(job, context.time_remaining())
+            except ServiceError as exc:
+                await self._fail(call, context, exc)
+            movies = [
                 pb.ScoredMovie(
                     movie_id=m.movie_id,
                     score=m.score,
@@ -68,21 +79,22 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     title=m.title,
                 )
                 for m in served.movies
-            ],
-            model_version=served.version,
-        )
+            ]
+            return pb.RecommendResponse(movies=movies, model_version=served.version)
 
     async def PredictRatings(
         self, request: pb.PredictRatingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictRatingsResponse:
         """One predicted rating per requested movie."""
-        try:
-            version, ratings = await self.recommender.predict(
-                request.user_id, list(request.movie_ids)
+        with self.metrics.rpc("PredictRatings") as call:
+            job = PredictJob(request.user_id, tuple(request.movie_ids))
+            try:
+                predicted = await self.recommender.predict(job, context.time_remaining())
+            except ServiceError as exc:
+                await self._fail(call, context, exc)
+            return pb.PredictRatingsResponse(
+                ratings=predicted.ratings, model_version=predicted.version
             )
-        except ServiceError as exc:
-            await context.abort(status_for(exc), str(exc))
-        return pb.PredictRatingsResponse(ratings=ratings, model_version=version)
 
     async def UpdateRatings(
         self,
@@ -94,34 +106,43 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         A bad update gets ``accepted=false`` and the stream goes on; if an update cannot be
         stored durably the stream ends with UNAVAILABLE, so no unstored update is acked.
         """
-        async for update in request_iterator:
-            record = RatingRecord(update.user_id, update.movie_id, update.rating, update.timestamp)
-            try:
-                await self.recommender.update(record)
-            except (InvalidArgument, NotFound) as exc:
-                yield pb.RatingAck(accepted=False, error=str(exc))
-                continue
-            except ServiceError as exc:
-                await context.abort(status_for(exc), str(exc))
-            yield pb.RatingAck(accepted=True)
+        with self.metrics.rpc("UpdateRatings") as call:
+            async for update in request_iterator:
+                record = RatingRecord(
+                    update.user_id, update.movie_id, update.rating, update.timestamp
+                )
+                try:
+                    await self.recommender.update(record)
+                except (InvalidArgument, NotFound) as exc:
+                    self.metrics.updates.labels("rejected").inc()
+                    yield pb.RatingAck(accepted=False, error=str(exc))
+                    continue
+                except ServiceError as exc:
+                    self.metrics.updates.labels("unavailable").inc()
+                    await self._fail(call, context, exc)
+                self.metrics.updates.labels("accepted").inc()
+                yield pb.RatingAck(accepted=True)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
-        """What model version is serving, and where."""
-        try:
-            engine = self.recommender.holder.require()
-        except ServiceError as exc:
-            await context.abort(status_for(exc), str(exc))
-        cfg = engine.config
-        return pb.ModelInfo(
-            model_name=self.model_name,
-            model_version=engine.version,
-            num_users=len(engine.user_row),
-            num_movies=cfg.n_movies,
-            hidden_units=cfg.n_hidden,
-            rating_levels=list(engine.ckpt.levels),
-            device=str(engine.device),
-            alias=self.alias,
-            backend=self.backend,
-        )
+        """What model version is serving, and where; and any version it refused."""
+        with self.metrics.rpc("GetModelInfo") as call:
+            holder = self.recommender.holder
+            try:
+                engine = holder.require()
+            except ServiceError as exc:
+                await self._fail(call, context, exc)
+            return pb.ModelInfo(
+                model_name=self.model_name,
+                model_version=engine.version,
+                num_users=len(engine.user_row),
+                num_movies=engine.config.n_movies,
+                hidden_units=engine.config.n_hidden,
+                rating_levels=list(engine.ckpt.levels),
+                device=str(engine.device),
+                alias=self.alias,
+                backend=engine.backend,
+                refused_version=holder.status.refused_version,
+                last_reload_error=holder.status.last_error,
+            )

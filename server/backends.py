@@ -1,0 +1,66 @@
+"""Scoring backends: the same serving pass run by PyTorch or by ONNX Runtime.
+
+Both take a batch of hidden pre-activations (B, F) and return (score, expected rating),
+each (B, M), as torch tensors on the engine's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rbm.checkpoint import Checkpoint
+from rbm.onnx_export import INPUT_NAME, ONNX_FILE
+from rbm.scoring import Scorer
+
+__all__ = ["BACKENDS", "ScoreFn", "make_score_fn"]
+
+ScoreFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+BACKENDS = ("torch", "onnx")
+
+
+def _torch(ckpt: Checkpoint, device: torch.device) -> ScoreFn:
+    scorer = Scorer(ckpt.params, torch.tensor(ckpt.levels, dtype=torch.float32)).to(device).eval()
+
+    def score(hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.inference_mode():
+            result: tuple[Tensor, Tensor] = scorer(hidden_pre)
+        return result
+
+    return score
+
+
+def _onnx(version_dir: Path, device: torch.device) -> ScoreFn:
+    import onnxruntime as ort  # only the onnx backend needs it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # like torch: the event loop needs the other core
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=providers)
+
+    def score(hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+        feed = {INPUT_NAME: hidden_pre.detach().to("cpu", torch.float32).numpy()}
+        scores, expected = session.run(None, feed)
+        return (
+            torch.from_numpy(np.asarray(scores)).to(device),
+            torch.from_numpy(np.asarray(expected)).to(device),
+        )
+
+    return score
+
+
+def make_score_fn(
+    backend: str, ckpt: Checkpoint, version_dir: Path, device: torch.device
+) -> ScoreFn:
+    """The scoring pass of ``backend`` ("torch" or "onnx") for one version."""
+    if backend == "torch":
+        return _torch(ckpt, device)
+    if backend == "onnx":
+        return _onnx(version_dir, device)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
