@@ -28,6 +28,7 @@ class RunningServer:
     target: str
     channel: grpc.Channel
     stub: pb_grpc.RecommenderStub
+    metrics_url: str = ""  # set when the server was started with --metrics-port
     log: str = ""  # the server's stderr, filled in when it has stopped
 
 
@@ -56,7 +57,7 @@ def start_server(registry: Path, *extra: str, timeout_s: float = 60) -> Iterator
         text=True,
         env=dict(os.environ),
     )
-    target = None
+    target, metrics_url = None, ""
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
     while target is None and time.monotonic() < deadline:
@@ -66,6 +67,9 @@ def start_server(registry: Path, *extra: str, timeout_s: float = 60) -> Iterator
         match = re.search(r"^serving .* on (\S+:\d+)$", line.strip())
         if match:
             target = match.group(1)
+        metrics = re.search(r"^metrics on (\S+)$", line.strip())
+        if metrics:
+            metrics_url = metrics.group(1)
     if target is None:
         proc.kill()
         proc.communicate()
@@ -74,7 +78,7 @@ def start_server(registry: Path, *extra: str, timeout_s: float = 60) -> Iterator
         log.close()
         raise AssertionError(f"rbm-serve did not start: {message}")
     channel = grpc.insecure_channel(target)
-    running = RunningServer(proc, target, channel, pb_grpc.RecommenderStub(channel))
+    running = RunningServer(proc, target, channel, pb_grpc.RecommenderStub(channel), metrics_url)
     try:
         yield running
     finally:
