@@ -6,6 +6,7 @@ engine never changes after construction, so a hot swap is replacing a reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,24 @@ from server.backends import ScoreFn, make_score_fn
 
 __all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
 
-# A user's ratings as {movie index: level index}.
-UserRatings = Mapping[int, int]
+
+@dataclass(frozen=True)
+class UserRatings:
+    """A user's ratings as parallel int64 tensors of movie and level indices (CPU)."""
+
+    movies: Tensor
+    levels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.movies.numel())
+
+    def level_of(self, movie: int) -> int | None:
+        """The level the user gave ``movie``, if rated."""
+        hit = (self.movies == movie).nonzero()
+        return int(self.levels[hit[0, 0]]) if hit.numel() else None
+
+
+_EMPTY = torch.empty(0, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class Engine:
         self.movie_index = {int(m): i for i, m in enumerate(ckpt.movie_ids.tolist())}
         self.movie_ids: list[int] = ckpt.movie_ids.tolist()
         self.user_row = {int(u): i for i, u in enumerate(ckpt.user_ids.tolist())}
+        self.user_bounds: list[int] = ckpt.user_indptr.tolist()
         self.popularity = ckpt.popularity.to(device)
         self.level_of = {float(v): i for i, v in enumerate(ckpt.levels)}
 
@@ -82,7 +100,8 @@ class Engine:
         engine = cls(
             ckpt, version, device, make_score_fn(backend, ckpt, directory, device), backend
         )
-        engine.run([engine.hidden_pre({})], [{}], [TopNQuery(1)])
+        nobody = UserRatings(_EMPTY, _EMPTY)
+        engine.run([engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
         return engine
 
     @property
@@ -90,22 +109,33 @@ class Engine:
         """Catalogue size."""
         return self.config.n_movies
 
-    def base_ratings(self, user_id: int) -> dict[int, int]:
-        """The user's training ratings, {movie index: level index}; empty for an unknown user."""
+    def user_ratings(self, user_id: int, streamed: Mapping[int, float]) -> UserRatings:
+        """Training ratings of the user, overlaid with its streamed {movie id: rating}.
+
+        Movies or ratings this version does not know are skipped (a newer catalogue may
+        lack them). Without streamed ratings this is two views into the checkpoint.
+        """
         row = self.user_row.get(user_id)
         if row is None:
-            return {}
-        lo, hi = int(self.ckpt.user_indptr[row]), int(self.ckpt.user_indptr[row + 1])
-        movies = self.ckpt.user_movies[lo:hi].tolist()
-        return dict(zip(movies, self.ckpt.user_levels[lo:hi].tolist(), strict=True))
+            movies, levels = _EMPTY, _EMPTY
+        else:
+            lo, hi = self.user_bounds[row], self.user_bounds[row + 1]
+            movies, levels = self.ckpt.user_movies[lo:hi], self.ckpt.user_levels[lo:hi]
+        if not streamed:
+            return UserRatings(movies, levels)
+        merged = dict(zip(movies.tolist(), levels.tolist(), strict=True))
+        for movie_id, value in streamed.items():
+            movie, level = self.movie_index.get(movie_id), self.level_of.get(value)
+            if movie is not None and level is not None:
+                merged[movie] = level
+        return UserRatings(
+            torch.tensor(list(merged.keys()), dtype=torch.int64),
+            torch.tensor(list(merged.values()), dtype=torch.int64),
+        )
 
     def hidden_pre(self, ratings: UserRatings) -> Tensor:
-        """Hidden pre-activation from {movie index: level index}: (F,) on the device."""
-        if not ratings:
-            return self.params.hidden_bias.clone()
-        movies = torch.tensor(list(ratings.keys()), dtype=torch.int64)
-        levels = torch.tensor(list(ratings.values()), dtype=torch.int64)
-        units = (levels * self.n_movies + movies).to(self.device)
+        """Hidden pre-activation: hidden biases plus the user's weight rows, (F,) on the device."""
+        units = (ratings.levels * self.n_movies + ratings.movies).to(self.device)
         return self.params.hidden_bias + self.params.weights[units].sum(0)
 
     def unit_row(self, movie: int, level: int) -> Tensor:
@@ -142,33 +172,31 @@ class Engine:
         queries: Sequence[Query],
         rows: list[int],
     ) -> dict[int, Recommendation]:
-        sel = torch.tensor(rows, device=self.device)
-        s, e = scores[sel], expected[sel]  # (R, M)
-        cold = torch.tensor([not rated[b] for b in rows], device=self.device)
-        s = torch.where(cold.unsqueeze(1), self.popularity.expand_as(s), s)
-        mask_rows: list[int] = []
-        mask_cols: list[int] = []
-        for r, b in enumerate(rows):
-            q = queries[b]
-            if isinstance(q, TopNQuery) and not q.include_rated:
-                mask_rows.extend([r] * len(rated[b]))
-                mask_cols.extend(rated[b].keys())
-        if mask_rows:
-            where = (
-                torch.tensor(mask_rows, device=self.device),
-                torch.tensor(mask_cols, device=self.device),
+        if len(rows) != len(queries):  # a mixed batch: rank only the Recommend rows
+            sel = torch.tensor(rows, device=self.device)
+            scores, expected = scores[sel], expected[sel]  # (R, M)
+        tops = [q for q in queries if isinstance(q, TopNQuery)]
+        cold = [not rated[b] for b in rows]
+        if any(cold):
+            cold_rows = torch.tensor(cold, device=self.device).unsqueeze(1)
+            scores = torch.where(cold_rows, self.popularity.expand_as(scores), scores)
+        masked = [r for r, q in enumerate(tops) if not q.include_rated and rated[rows[r]]]
+        if masked:
+            lengths = torch.tensor([len(rated[rows[r]]) for r in masked])
+            mask_rows = torch.repeat_interleave(torch.tensor(masked), lengths)
+            mask_cols = torch.cat([rated[rows[r]].movies for r in masked])
+            scores = scores.index_put(
+                (mask_rows.to(self.device), mask_cols.to(self.device)),
+                torch.tensor(-torch.inf, device=self.device),
             )
-            s = s.index_put(where, torch.tensor(-torch.inf, device=self.device))
-        ns = [q.n for q in queries if isinstance(q, TopNQuery)]
-        top_s, top_i = torch.topk(s, min(max(ns), self.n_movies), dim=1)  # (R, k)
-        top_e = torch.gather(e, 1, top_i)
-        top_s, top_i, top_e = top_s.cpu(), top_i.cpu(), top_e.cpu()  # one transfer per batch
+        k = min(max(q.n for q in tops), self.n_movies)
+        top_s, top_i = torch.topk(scores, k, dim=1)  # (R, k)
+        top_e = torch.gather(expected, 1, top_i)
+        s_list, i_list, e_list = top_s.tolist(), top_i.tolist(), top_e.tolist()  # one copy each
         out = {}
-        for r, (b, n) in enumerate(zip(rows, ns, strict=True)):
-            keep = torch.isfinite(top_s[r, :n])
-            out[b] = Recommendation(
-                top_i[r, :n][keep].tolist(),
-                top_s[r, :n][keep].tolist(),
-                top_e[r, :n][keep].tolist(),
-            )
+        for r, (b, q) in enumerate(zip(rows, tops, strict=True)):
+            n = q.n
+            while n and s_list[r][n - 1] == -math.inf:  # fewer unrated movies than n
+                n -= 1
+            out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n])
         return out

@@ -53,6 +53,7 @@ class ServerConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "rbmrec"  # every Redis key starts with it; the rating log is PREFIX:ratings
     cache_ttl_s: int = 86_400
+    cache_capacity: int = 100_000  # users kept in the in-process cache (and Redis fallback)
     max_batch_size: int = 64
     max_batch_wait_us: int = 0
     max_queue: int = 2048
@@ -75,6 +76,8 @@ class ServerConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics port must be in 0..65535, got {self.metrics_port}")
+        if self.cache_capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {self.cache_capacity}")
         if self.poll_interval_s <= 0 or self.torch_threads < 1:
             raise ValueError("poll interval must be > 0 and torch threads >= 1")
         BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
@@ -98,7 +101,7 @@ def _redact(url: str) -> str:
 
 async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
     if config.cache == "memory":
-        return MemoryHiddenCache(), NoRatingLog(), "memory (--cache memory)"
+        return MemoryHiddenCache(config.cache_capacity), NoRatingLog(), "memory (--cache memory)"
     client = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         await client.ping()
@@ -106,7 +109,12 @@ async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
     except (RedisError, OSError) as exc:
         where = f"memory (no Redis answered at {_redact(config.redis_url)}: {exc}; retrying)"
     return (
-        RedisHiddenCache(client, config.cache_ttl_s, config.redis_prefix),
+        RedisHiddenCache(
+            client,
+            config.cache_ttl_s,
+            config.redis_prefix,
+            fallback=MemoryHiddenCache(config.cache_capacity),
+        ),
         RedisRatingLog(client, config.redis_prefix),
         where,
     )
@@ -250,6 +258,12 @@ def _parser() -> argparse.ArgumentParser:
         help="prefix of every Redis key ($RBMREC_REDIS_PREFIX)",
     )
     p.add_argument(
+        "--cache-capacity",
+        type=int,
+        default=d.cache_capacity,
+        help="users whose hidden state the in-process cache keeps",
+    )
+    p.add_argument(
         "--max-batch-size", type=int, default=d.max_batch_size, help="1 turns batching off"
     )
     p.add_argument("--max-batch-wait-us", type=int, default=d.max_batch_wait_us)
@@ -302,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             max_queue=args.max_queue,
             poll_interval_s=args.poll_interval,
             backend=args.backend,
+            cache_capacity=args.cache_capacity,
             metrics_port=args.metrics_port,
         )
     except ValueError as exc:

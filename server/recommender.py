@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from server.batcher import Batcher, BatcherConfig
-from server.engine import Engine, PredictQuery, Query, Recommendation, TopNQuery
+from server.engine import (
+    Engine,
+    PredictQuery,
+    Query,
+    Recommendation,
+    TopNQuery,
+    UserRatings,
+)
 from server.errors import InvalidArgument, NotFound, ServiceError
 from server.hidden_cache import CacheKey, HiddenCache
 from server.model_holder import ModelHolder
@@ -84,7 +91,7 @@ NOT_RUN: Result = ServiceError("internal: request was not computed")  # replaced
 
 @dataclass(frozen=True)
 class _UserState:
-    ratings: dict[int, int]  # {movie index: level index}, training ratings + streamed ones
+    ratings: UserRatings  # training ratings + streamed ones
     key: CacheKey
 
 
@@ -188,7 +195,7 @@ class Recommender:
         (cached,) = await self.cache.get_many([before.key])
         if cached is not None:  # O(F): swap one weight row, no other rating touched
             new = cached.to(engine.device) + engine.unit_row(movie, level)
-            old_level = before.ratings.get(movie)
+            old_level = before.ratings.level_of(movie)
             if old_level is not None:
                 new = new - engine.unit_row(movie, old_level)
             after = self._state(engine, record.user_id)
@@ -211,12 +218,8 @@ class Recommender:
 
     # -- hidden states ---------------------------------------------------------------------
     def _state(self, engine: Engine, user_id: int) -> _UserState:
-        ratings = engine.base_ratings(user_id)
         streamed, generation = self.overlay.get(user_id)
-        for movie_id, value in streamed.items():
-            movie, level = engine.movie_index.get(movie_id), engine.level_of.get(value)
-            if movie is not None and level is not None:  # a newer catalogue may lack it
-                ratings[movie] = level
+        ratings = engine.user_ratings(user_id, streamed)
         key = CacheKey(self.holder.model, engine.version, user_id, generation)
         return _UserState(ratings, key)
 
