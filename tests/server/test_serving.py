@@ -309,7 +309,9 @@ def test_metrics_count_requests_and_batches(trained: TrainedModel) -> None:
         url = running.metrics_url
         ok = _metric(url, "rbmrec_rpc_requests_total", code="OK", method="Recommend")
         bad = _metric(url, "rbmrec_rpc_requests_total", code="INVALID_ARGUMENT", method="Recommend")
-        batches = _metric(url, "rbmrec_batch_size_count")
+        passes = _metric(url, "rbmrec_batch_size_count")
+        computed = _metric(url, "rbmrec_batch_size_sum")
         assert (ok, bad) == (len(USERS), 1)
-        assert 1 <= batches < len(USERS), "concurrent requests share model passes"
+        assert computed == len(USERS), "every valid request is computed in exactly one pass"
+        assert 1 <= passes <= len(USERS)
         assert _metric(url, "rbmrec_model_version_info", version="1") == 1.0
