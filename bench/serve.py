@@ -68,7 +68,7 @@ def _variants(models: list[str]) -> list[Variant]:
     return out
 
 
-def _train(model: str, registry: Path) -> None:
+def _train(model: str, registry: Path, device: str) -> None:
     split = "u1" if model == "ml-100k" else "holdout"
     subprocess.run(
         [
@@ -85,6 +85,8 @@ def _train(model: str, registry: Path) -> None:
             "--quiet",
             "--registry",
             str(registry),
+            "--device",
+            device,
         ],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -92,7 +94,7 @@ def _train(model: str, registry: Path) -> None:
 
 
 @contextlib.contextmanager
-def _server(variant: Variant, registry: Path) -> Iterator[str]:
+def _server(variant: Variant, registry: Path, device: str) -> Iterator[str]:
     if variant.name == "echo":
         cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
     else:
@@ -104,6 +106,8 @@ def _server(variant: Variant, registry: Path) -> Iterator[str]:
             str(registry),
             "--log-level",
             "WARNING",
+            "--device",
+            device,
             *variant.args,
         ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -159,6 +163,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
     p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--models", default="ml-100k,ml-latest-small")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where models run")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     a = p.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
@@ -169,13 +174,13 @@ def main() -> None:
         registries = {m: Path(tmp) / m for m in models}
         for model, registry in registries.items():
             print(f"training a {model} model for the benchmark ...", file=sys.stderr)
-            _train(model, registry)
+            _train(model, registry, a.device)
         print(
             f"{'variant':<10} {'model':<16} {'conc':>5} {'req/s':>9} {'p50 ms':>8} "
             f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>7}"
         )
         for variant in _variants(models):
-            with _server(variant, registries[variant.model]) as target:
+            with _server(variant, registries[variant.model], a.device) as target:
                 for c in levels:
                     r = _load(target, c, a.duration, users[variant.model])
                     rows.append(
@@ -223,6 +228,7 @@ def main() -> None:
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]]),
                 "duration_s": a.duration,
+                "device": a.device,
                 "rows": rows,
                 "summary": summary,
             },
