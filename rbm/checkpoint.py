@@ -17,7 +17,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from rbm.model import RatingsBatch, RBMConfig, RBMParams, hidden_input, level_probabilities
+from rbm.model import (
+    RANKINGS,
+    Ranking,
+    RatingsBatch,
+    RBMConfig,
+    RBMParams,
+    hidden_input,
+    level_probabilities,
+)
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -53,6 +61,7 @@ class Checkpoint:
     user_levels: Tensor  # (nnz,) int64 level indices
     popularity: Tensor  # (M,) float32 number of training ratings per movie
     dataset: str = ""
+    ranking: Ranking = "expected_rating"  # which ranking score of rbm.scoring the server uses
 
     def user_batch(self, user_rows: list[int]) -> RatingsBatch:
         """The training ratings of the users at ``user_rows`` (indices into user_ids)."""
@@ -94,6 +103,8 @@ class Checkpoint:
             int(self.user_movies.min()) < 0 or int(self.user_movies.max()) >= m
         ):
             raise CheckpointError("a user rating points outside the movie catalogue")
+        if self.ranking not in RANKINGS:
+            raise CheckpointError(f"unknown ranking score {self.ranking!r}")
         if self.user_levels.numel() and (
             int(self.user_levels.min()) < 0 or int(self.user_levels.max()) >= self.config.n_levels
         ):
@@ -129,6 +140,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "levels": list(ckpt.levels),
         "titles": ckpt.titles,
         "dataset": ckpt.dataset,
+        "ranking": ckpt.ranking,
     }
     (directory / JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -158,6 +170,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             user_levels=t["user_levels"],
             popularity=t["popularity"],
             dataset=str(meta.get("dataset", "")),
+            ranking=meta.get("ranking", "expected_rating"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"inconsistent checkpoint in {directory}: {exc}") from exc

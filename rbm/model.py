@@ -15,14 +15,18 @@ ONNX export. It imports only torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "LIKED_AT",
+    "RANKINGS",
     "CDStats",
     "RBMConfig",
     "RBMParams",
+    "Ranking",
     "RatingsBatch",
     "cd_statistics",
     "config_for",
@@ -33,6 +37,12 @@ __all__ = [
     "level_probabilities",
     "visible_units",
 ]
+
+
+# The ranking scores rbm.scoring can compute; a checkpoint names the one it serves.
+Ranking = Literal["expected_rating", "liked_and_rated"]
+RANKINGS: tuple[Ranking, ...] = ("expected_rating", "liked_and_rated")
+LIKED_AT = 4.0  # a rating at or above this counts as liked (the evaluation's relevance)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from rbm.scoring import Scorer
+from rbm.scoring import scorer_for
 
 __all__ = ["INPUT_NAME", "ONNX_FILE", "OUTPUT_NAMES", "export_checkpoint", "export_onnx"]
 
@@ -43,7 +43,7 @@ def export_checkpoint(ckpt: Checkpoint, output: Path) -> None:
     """Write the ONNX model of ``ckpt``'s serving pass to ``output``."""
     import onnx  # imported here: only export needs it
 
-    scorer = Scorer(ckpt.params.to("cpu"), torch.tensor(ckpt.levels, dtype=torch.float32)).eval()
+    scorer = scorer_for(ckpt).to("cpu")
     example = torch.zeros(2, ckpt.config.n_hidden)
     with _quiet_exporter():
         program = torch.onnx.export(

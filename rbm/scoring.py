@@ -2,6 +2,14 @@
 
 Input is each user's hidden pre-activation (hidden biases plus the weight rows of the
 movies it rated); output is a ranking score and the expected rating for every movie.
+
+Two ranking scores exist; the trainer picks one on its validation slice:
+
+- ``expected_rating``: E[rating | h]. Rating prediction alone ranks rarely rated movies
+  first, because the model is confidently positive about movies few people saw.
+- ``liked_and_rated``: log P(rating >= 4 | h) + log P(rated), the log-probability that
+  the user both watches and likes the movie. P(rated) is estimated, not personalised,
+  from the movie's share of training ratings.
 """
 
 from __future__ import annotations
@@ -9,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rbm.model import RBMParams
+from rbm.checkpoint import Checkpoint
+from rbm.model import LIKED_AT, RANKINGS, Ranking, RBMParams
 
-__all__ = ["Scorer"]
+__all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer", "scorer_for"]
 
 
 class Scorer(nn.Module):
@@ -20,15 +29,31 @@ class Scorer(nn.Module):
     weights_t: Tensor
     visible_bias: Tensor
     levels: Tensor
+    log_rated: Tensor
 
-    def __init__(self, params: RBMParams, levels: Tensor) -> None:
+    def __init__(
+        self,
+        params: RBMParams,
+        levels: Tensor,
+        ranking: Ranking = "expected_rating",
+        popularity: Tensor | None = None,
+    ) -> None:
         super().__init__()
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
         n_levels = int(levels.numel())
+        n_movies = params.visible_bias.numel() // n_levels
         # Wᵀ stored contiguous: addmm on (F, K*M) beat F.linear on W ~2x for small batches.
         self.register_buffer("weights_t", params.weights.t().contiguous())  # (F, K*M)
         self.register_buffer("visible_bias", params.visible_bias.clone())  # (K*M,)
         self.register_buffer("levels", levels.to(params.weights).view(1, n_levels, 1))
+        counts = torch.zeros(n_movies) if popularity is None else popularity.float()
+        # +1 smoothing: a movie nobody rated in training is unlikely, not impossible.
+        log_rated = torch.log((counts + 1) / (counts.sum() + n_movies))
+        self.register_buffer("log_rated", log_rated.to(params.weights))  # (M,)
         self.n_levels = n_levels
+        self.ranking = ranking
+        self.liked_from = int((levels < LIKED_AT).sum())  # first level counted as liked
 
     def forward(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
         """Scores and expected ratings for every movie."""
@@ -36,4 +61,13 @@ class Scorer(nn.Module):
         logits = torch.addmm(self.visible_bias, hidden, self.weights_t)  # (B, K*M)
         probs = torch.softmax(logits.view(hidden.shape[0], self.n_levels, -1), dim=1)  # (B, K, M)
         expected = (probs * self.levels).sum(dim=1)  # (B, M)
-        return expected, expected
+        if self.ranking == "expected_rating":
+            return expected, expected
+        liked = probs[:, self.liked_from :, :].sum(dim=1)  # (B, M)
+        return torch.log(liked.clamp_min(1e-12)) + self.log_rated, expected
+
+
+def scorer_for(ckpt: Checkpoint) -> Scorer:
+    """The serving pass of a checkpoint, with the ranking score it was trained to use."""
+    levels = torch.tensor(ckpt.levels, dtype=torch.float32)
+    return Scorer(ckpt.params, levels, ckpt.ranking, ckpt.popularity).eval()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rbm.checkpoint import Checkpoint
 from rbm.onnx_export import INPUT_NAME, ONNX_FILE
-from rbm.scoring import Scorer
+from rbm.scoring import scorer_for
 
 __all__ = ["BACKENDS", "ScoreFn", "make_score_fn"]
 
@@ -24,7 +24,7 @@ BACKENDS = ("torch", "onnx")
 
 
 def _torch(ckpt: Checkpoint, device: torch.device) -> ScoreFn:
-    scorer = Scorer(ckpt.params, torch.tensor(ckpt.levels, dtype=torch.float32)).to(device).eval()
+    scorer = scorer_for(ckpt).to(device)
 
     def score(hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():

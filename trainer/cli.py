@@ -88,6 +88,7 @@ def _register(
         "n_movies": outcome.checkpoint.config.n_movies,
         "n_levels": outcome.checkpoint.config.n_levels,
         "n_users": int(outcome.checkpoint.user_ids.numel()),
+        "ranking": outcome.checkpoint.ranking,
     }
     meta = VersionMeta(
         metrics=outcome.metrics,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rbm.checkpoint import Checkpoint
-from rbm.model import RBMConfig, RBMParams, hidden_input
+from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams, hidden_input
 from rbm.scoring import Scorer
 from trainer.baselines import BiasBaseline, popularity_scores
 from trainer.data import Dataset, holdout_split
@@ -32,9 +32,14 @@ class TrainOutcome:
 
 
 def _rbm_score_fn(
-    params: RBMParams, config: RBMConfig, context: IndexedRatings, levels: torch.Tensor
+    params: RBMParams,
+    config: RBMConfig,
+    context: IndexedRatings,
+    levels: torch.Tensor,
+    ranking: Ranking,
+    popularity: torch.Tensor,
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    scorer = Scorer(params, levels)
+    scorer = Scorer(params, levels, ranking, popularity.to(levels.device))
 
     def score(rows: np.ndarray) -> torch.Tensor:
         batch = context.batch(rows).to(params.weights.device)
@@ -43,6 +48,26 @@ def _rbm_score_fn(
         return scores
 
     return score
+
+
+def _choose_ranking(
+    params: RBMParams,
+    config: RBMConfig,
+    fit: IndexedRatings,
+    val: IndexedRatings,
+    levels: torch.Tensor,
+) -> tuple[Ranking, float]:
+    """The ranking score with the best NDCG@10 on the validation slice, and that NDCG."""
+    popularity = popularity_scores(fit, config.n_movies)
+    levels_np = levels.cpu().numpy()
+    ndcg = {
+        r: ranking_metrics(
+            _rbm_score_fn(params, config, fit, levels, r, popularity), fit, val, levels_np
+        )["ndcg@10"]
+        for r in RANKINGS
+    }
+    best = max(ndcg, key=lambda r: ndcg[r])
+    return best, ndcg[best]
 
 
 def fit_and_evaluate(
@@ -54,32 +79,29 @@ def fit_and_evaluate(
     levels = torch.from_numpy(levels_np).to(cfg.device)
     train_users = np.unique(ds.train.users)
     fit_part, val_part = holdout_split(ds.train, cfg.val_fraction, cfg.seed)
+    fit, val = ix.index(fit_part, train_users), ix.index(val_part, train_users)
     rbm_config = RBMConfig(ix.n_movies, len(ds.levels), cfg.n_hidden)
-    result = train(
-        ix.index(fit_part, train_users),
-        ix.index(val_part, train_users),
-        rbm_config,
-        levels,
-        cfg,
-        on_epoch,
-    )
+    result = train(fit, val, rbm_config, levels, cfg, on_epoch)
     params = result.params
+    ranking, val_ndcg = _choose_ranking(params, rbm_config, fit, val, levels)
 
     # Test users unseen in training get empty context rows: the model's fallback.
     all_users = np.union1d(train_users, ds.test.users)
     context, test = ix.index(ds.train, all_users), ix.index(ds.test, all_users)
     truth = levels[torch.from_numpy(test.levels).to(cfg.device)]
     lo, hi = ds.levels[0], ds.levels[-1]
-    metrics = rating_metrics(
-        predict_indexed(params, rbm_config, context, test, levels), truth, lo, hi
-    )
-    metrics |= ranking_metrics(
-        _rbm_score_fn(params, rbm_config, context, levels), context, test, levels_np
-    )
-    metrics |= {"val_rmse": result.best_val_rmse, "best_epoch": float(result.best_epoch)}
+    predicted = predict_indexed(params, rbm_config, context, test, levels)
+    metrics = rating_metrics(predicted, truth, lo, hi)
+    pop = popularity_scores(context, ix.n_movies)
+    score_fn = _rbm_score_fn(params, rbm_config, context, levels, ranking, pop)
+    metrics |= ranking_metrics(score_fn, context, test, levels_np)
+    metrics |= {
+        "val_rmse": result.best_val_rmse,
+        "val_ndcg@10": val_ndcg,
+        "best_epoch": float(result.best_epoch),
+    }
 
     bias = BiasBaseline.fit(context, levels_np, ix.n_movies)
-    pop = popularity_scores(context, ix.n_movies)
     baselines = {
         "global_mean": rating_metrics(torch.full_like(truth, bias.mu), truth, lo, hi),
         "bias": rating_metrics(bias.predict(test).to(truth), truth, lo, hi),
@@ -101,5 +123,6 @@ def fit_and_evaluate(
         user_levels=torch.from_numpy(own.levels),
         popularity=popularity_scores(own, ix.n_movies),
         dataset=ds.name,
+        ranking=ranking,
     )
     return TrainOutcome(ckpt, metrics, baselines, result.history)

@@ -16,7 +16,7 @@ import torch
 from rbm.checkpoint import load_checkpoint
 from rbm.model import hidden_input
 from rbm.onnx_export import INPUT_NAME, ONNX_FILE
-from rbm.scoring import Scorer
+from rbm.scoring import scorer_for
 from registry import FileRegistry
 from tests.conftest import TrainedModel, run_cli
 
@@ -35,7 +35,7 @@ def test_every_version_carries_an_onnx_model_that_matches_pytorch(trained: Train
     onnx.checker.check_model(model, full_check=True)
 
     ckpt = load_checkpoint(version.path)
-    scorer = Scorer(ckpt.params, torch.tensor(ckpt.levels)).eval()
+    scorer = scorer_for(ckpt)
     session = ort.InferenceSession(str(version.path / ONNX_FILE))
     for rows in ([0], list(range(1, 65)), [942, 5, 100]):  # the batch dimension is dynamic
         pre = hidden_input(ckpt.params, ckpt.user_batch(rows), ckpt.config.n_movies)
