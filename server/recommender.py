@@ -184,13 +184,15 @@ class Recommender:
         """
         engine = self.holder.require()
         movie, level = self._validate(engine, record)
-        before = self._state(engine, record.user_id)
         stamped = (
             record
             if record.timestamp
             else RatingRecord(record.user_id, record.movie_id, record.rating, int(time.time()))
         )
         await self.rating_log.append(stamped)
+        # Snapshot and apply with no await between them: a concurrent update of the same
+        # user then sees either all of this one or none of it.
+        before = self._state(engine, record.user_id)
         self.overlay.apply(stamped)
         (cached,) = await self.cache.get_many([before.key])
         if cached is not None:  # O(F): swap one weight row, no other rating touched
