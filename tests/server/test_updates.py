@@ -1,0 +1,69 @@
+"""Concurrent rating updates of one user keep its cached hidden state exact.
+
+Runs the Recommender with a real engine and the real in-process cache; the rating log is
+a list behind a gate, so the test decides in which order two appends complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import torch
+
+from registry.store import FileRegistry
+from server.batcher import BatcherConfig
+from server.hidden_cache import MemoryHiddenCache
+from server.model_holder import ModelHolder
+from server.ratings import RatingRecord, UserOverlay
+from server.recommender import Recommender
+from tests.conftest import TrainedModel
+
+
+class GatedLog:
+    """Stores records in memory; each append waits until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.records: list[RatingRecord] = []
+        self.gates: dict[int, asyncio.Event] = {}
+
+    async def append(self, record: RatingRecord) -> str:
+        gate = self.gates.setdefault(record.movie_id, asyncio.Event())
+        await gate.wait()
+        self.records.append(record)
+        return str(len(self.records))
+
+    async def read_all(self) -> AsyncIterator[RatingRecord]:
+        for record in list(self.records):
+            yield record
+
+
+def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
+    trained: TrainedModel,
+) -> None:
+    async def main() -> tuple[torch.Tensor, torch.Tensor]:
+        holder = ModelHolder(
+            FileRegistry(trained.registry), "rbm", "production", torch.device("cpu")
+        )
+        await holder.refresh()
+        cache, log, overlay = MemoryHiddenCache(), GatedLog(), UserOverlay()
+        rec = Recommender(holder, cache, overlay, log, BatcherConfig())
+        engine = holder.require()
+        user = 1
+        # Warm the cache so that updates take the O(F) path on a cached value.
+        state = rec._state(engine, user)
+        await rec._hidden(engine, [state])
+        first = asyncio.create_task(rec.update(RatingRecord(user, 1500, 5.0, 0)))
+        second = asyncio.create_task(rec.update(RatingRecord(user, 1501, 2.0, 0)))
+        await asyncio.sleep(0.01)
+        log.gates[1501].set()  # the second append completes first
+        await asyncio.sleep(0.01)
+        log.gates[1500].set()
+        await asyncio.gather(first, second)
+        final = rec._state(engine, user)
+        (cached,) = await cache.get_many([final.key])
+        exact = engine.hidden_pre(final.ratings)
+        return (exact if cached is None else cached), exact
+
+    served, exact = asyncio.run(main())
+    torch.testing.assert_close(served, exact, atol=1e-4, rtol=0)
