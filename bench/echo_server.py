@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 import grpc
+import uvloop
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -55,4 +56,4 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    uvloop.run(serve(parser.parse_args().port))  # the same event loop as rbm-serve

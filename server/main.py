@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 import torch
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
@@ -216,7 +217,7 @@ async def serve(config: ServerConfig) -> None:
         await app.health.enter_graceful_shutdown()
         await server.stop(config.grace_s)
         watcher.cancel()
-        await app.recommender.batcher.close()
+        await app.recommender.close()
         await app.cache.close()
 
 
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rbm-serve: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config))
+        uvloop.run(serve(config))  # a faster event loop: the server is bound by Python time
     except RuntimeError as exc:  # e.g. the port is taken
         print(f"rbm-serve: error: {exc}", file=sys.stderr)
         return 1

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,11 +64,23 @@ class _StateCollector(Collector):
         yield version
 
 
-@dataclass
 class RpcTimer:
-    """Set ``code`` before the block ends if the RPC did not succeed."""
+    """Times one RPC; set ``code`` before the block ends if the RPC did not succeed."""
 
-    code: str = "OK"
+    __slots__ = ("code", "method", "metrics", "start")
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        self.metrics, self.method, self.code = metrics, method, "OK"
+        self.start = 0.0
+
+    def __enter__(self) -> RpcTimer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None and self.code == "OK":
+            self.code = "INTERNAL"
+        self.metrics._record(self.method, self.code, time.perf_counter() - self.start)
 
 
 @dataclass
@@ -93,24 +105,27 @@ class Metrics:
             "rbmrec_batch_size", "requests per model pass", buckets=_BATCH_BUCKETS, registry=r
         )
         self.updates = Counter("rbmrec_rating_updates", "rating updates", ["result"], registry=r)
+        self._latency_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, str], Any] = {}
 
     def watch(self, state: Callable[[], ServerState]) -> None:
         """Export the live state that other parts keep (cache, reloads, queue, version)."""
         self.registry.register(_StateCollector(state))
 
-    @contextlib.contextmanager
-    def rpc(self, method: str) -> Iterator[RpcTimer]:
-        """Count and time one RPC; the status comes from the timer (``INTERNAL`` on a raise)."""
-        timer, start = RpcTimer(), time.perf_counter()
-        try:
-            yield timer
-        except BaseException:
-            if timer.code == "OK":
-                timer.code = "INTERNAL"
-            raise
-        finally:
-            self.latency.labels(method).observe(time.perf_counter() - start)
-            self.requests.labels(method, timer.code).inc()
+    def rpc(self, method: str) -> RpcTimer:
+        """Count and time one RPC: ``with metrics.rpc("Recommend") as call: ...``."""
+        return RpcTimer(self, method)
+
+    def _record(self, method: str, code: str, seconds: float) -> None:
+        # labels() takes a lock and hashes its arguments: keep the children per key.
+        latency = self._latency_children.get(method)
+        if latency is None:
+            latency = self._latency_children[method] = self.latency.labels(method)
+        latency.observe(seconds)
+        counter = self._request_children.get((method, code))
+        if counter is None:
+            counter = self._request_children[(method, code)] = self.requests.labels(method, code)
+        counter.inc()
 
     def serve_http(self, port: int, host: str) -> int:
         """Expose /metrics on ``host:port`` (0 picks a free port); return the port."""

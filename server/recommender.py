@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -111,6 +112,14 @@ class Recommender:
         self.overlay = overlay
         self.rating_log = rating_log
         self.batcher: Batcher[Job, Result] = Batcher(self._run_batch, batcher_config)
+        # One worker: model passes run one at a time anyway, and a dedicated executor skips
+        # the context copy of asyncio.to_thread on every batch.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    async def close(self) -> None:
+        """Stop batching (queued requests fail) and release the model thread."""
+        await self.batcher.close()
+        self._worker.shutdown(wait=True)
 
     async def recommend(self, job: RecommendJob, timeout_s: float | None = None) -> Served:
         """Top-n movies for a user, computed in a batch with concurrent requests."""
@@ -143,8 +152,8 @@ class Recommender:
             return results
         states = [self._state(engine, jobs[i].user_id) for i, _ in live]
         hidden = await self._hidden(engine, states)
-        outputs = await asyncio.to_thread(
-            engine.run, hidden, [s.ratings for s in states], [q for _, q in live]
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            self._worker, engine.run, hidden, [s.ratings for s in states], [q for _, q in live]
         )
         for (i, _), out in zip(live, outputs, strict=True):
             results[i] = self._response(engine, out)
