@@ -11,14 +11,16 @@ import torch
 from rbm.checkpoint import Checkpoint
 from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams, hidden_input
 from rbm.scoring import Scorer
-from trainer.baselines import BiasBaseline, popularity_scores
+from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
 from trainer.data import Dataset, holdout_split
 from trainer.evaluate import ranking_metrics, rating_metrics
 from trainer.indexing import IndexedRatings, Indexer
 from trainer.predict import predict_indexed
 from trainer.train import EpochReport, TrainConfig, train
 
-__all__ = ["TrainOutcome", "fit_and_evaluate"]
+__all__ = ["MAX_KNN_MOVIES", "TrainOutcome", "fit_and_evaluate"]
+
+MAX_KNN_MOVIES = 20_000
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,11 @@ def fit_and_evaluate(
             lambda rows: pop.expand(len(rows), -1), context, test, levels_np
         ),
     }
+    if ix.n_movies <= MAX_KNN_MOVIES:  # the dense baseline does not fit larger catalogues
+        knn = ItemKNN.fit(context, ix.n_movies)
+        baselines["item_knn"] = ranking_metrics(
+            lambda rows: knn.scores(context, rows), context, test, levels_np
+        )
 
     own = ix.index(ds.train, train_users)
     ckpt = Checkpoint(

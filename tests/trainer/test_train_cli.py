@@ -15,7 +15,8 @@ def test_train_reports_metrics_and_registers_a_promoted_version(trained: Trained
     assert report["rmse"] < 1.0  # type: ignore[operator]
     baselines = report["baselines"]
     assert isinstance(baselines, dict)
-    assert set(baselines) == {"global_mean", "bias", "popularity"}
+    assert set(baselines) == {"global_mean", "bias", "popularity", "item_knn"}
+    assert baselines["item_knn"]["ndcg@10"] > baselines["popularity"]["ndcg@10"]
     assert baselines["bias"]["rmse"] < baselines["global_mean"]["rmse"]
     assert report["registered"] == {
         "model": "rbm",
