@@ -29,7 +29,6 @@ __all__ = [
     "Ranking",
     "RatingsBatch",
     "cd_statistics",
-    "config_for",
     "entry_level_probabilities",
     "expected_rating",
     "hidden_input",
@@ -233,14 +232,6 @@ def cd_statistics(
     recon = pv @ level_idx  # expected level index per entry, (nnz,)
     sq = float(((recon - batch.levels.to(pv.dtype)) ** 2).sum())
     return CDStats(d_w, d_vb, d_hb, sq, int(batch.rows.numel()))
-
-
-def config_for(params: RBMParams, n_levels: int) -> RBMConfig:
-    """The config implied by ``params`` for K = ``n_levels``."""
-    n_visible, n_hidden = params.weights.shape
-    if n_visible % n_levels:
-        raise ValueError(f"{n_visible} visible units do not split into {n_levels} levels")
-    return RBMConfig(n_movies=n_visible // n_levels, n_levels=n_levels, n_hidden=n_hidden)
 
 
 def hidden_probabilities(pre_activation: Tensor) -> Tensor:

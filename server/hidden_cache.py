@@ -50,6 +50,12 @@ class CacheStats:
     misses: int = 0
     errors: int = 0
 
+    def count(self, values: Sequence[Tensor | None]) -> None:
+        """Count the hits (values) and misses (None) of one lookup."""
+        hits = sum(v is not None for v in values)
+        self.hits += hits
+        self.misses += len(values) - hits
+
 
 class HiddenCache(Protocol):
     """Where hidden pre-activations are kept between requests."""
@@ -112,13 +118,8 @@ class MemoryHiddenCache:
             if value is not None:
                 self._data.move_to_end(key)
             out.append(value)
-        self._count(out)
+        self.stats.count(out)
         return out
-
-    def _count(self, values: list[Tensor | None]) -> None:
-        hits = sum(v is not None for v in values)
-        self.stats.hits += hits
-        self.stats.misses += len(values) - hits
 
     async def set_many(self, items: Sequence[tuple[CacheKey, Tensor]]) -> None:
         """Store values, evicting the least recently used beyond capacity."""
@@ -170,7 +171,7 @@ class RedisHiddenCache:
             try:
                 raw = await self.client.mget([k.redis_key(self.prefix) for k in keys])
                 values = [None if r is None else _decode(r) for r in raw]
-                self.fallback._count(values)
+                self.stats.count(values)
                 return values
             except (RedisError, OSError) as exc:
                 self._failed(exc)

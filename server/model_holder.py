@@ -70,8 +70,8 @@ class ModelHolder:
         """Load the alias's version if it changed; return True if a new engine was swapped in."""
         try:
             target = self.registry.get_alias(self.model, self.alias)
-        except RegistryError as exc:
-            self._refuse("", f"cannot read alias {self.alias!r}: {exc}")
+        except RegistryError as exc:  # e.g. no model registered yet: keep polling quietly
+            self._note(f"cannot read alias {self.alias!r} of {self.model!r}: {exc}")
             return False
         current = self.engine.version if self.engine else None
         if target is None or str(target) == current or str(target) == self.status.refused_version:
@@ -83,7 +83,7 @@ class ModelHolder:
             return False
         self.engine = engine
         self.status.reloads += 1
-        self.status.refused_version = ""
+        self.status.refused_version = self.status.last_error = ""
         log.info(
             "serving %s version %s (%s alias) on %s", self.model, target, self.alias, self.device
         )
@@ -93,6 +93,11 @@ class ModelHolder:
         self.status.failures += 1
         self.status.refused_version = version
         self.status.last_error = message
-        log.error(
-            "%s; still serving version %s", message, self.engine.version if self.engine else "none"
-        )
+        serving = self.engine.version if self.engine else "none"
+        log.error("%s; still serving version %s", message, serving)
+
+    def _note(self, message: str) -> None:
+        # Polling repeats the same problem every second: log it once, not every poll.
+        if message != self.status.last_error:
+            self.status.last_error = message
+            log.warning(message)
