@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from rbm.implicit import implicit_config, implicit_hidden_input
 from rbm.model import (
     RANKINGS,
     Ranking,
@@ -34,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "smoke_test",
+    "stacked_hidden_pre",
 ]
 
 FORMAT = "rbmrec-checkpoint/1"
@@ -62,6 +64,17 @@ class Checkpoint:
     popularity: Tensor  # (M,) float32 number of training ratings per movie
     dataset: str = ""
     ranking: Ranking = "expected_rating"  # which ranking score of rbm.scoring the server uses
+    implicit: RBMParams | None = None  # the implicit-feedback RBM (rbm.implicit), if trained
+
+    @property
+    def hidden_width(self) -> int:
+        """Width of a user's hidden pre-activation: F, plus F' with an implicit RBM."""
+        extra = 0 if self.implicit is None else self.implicit.hidden_bias.numel()
+        return self.config.n_hidden + extra
+
+    def hidden_pre(self, batch: RatingsBatch) -> Tensor:
+        """The users' hidden pre-activations, both models side by side: (B, hidden_width)."""
+        return stacked_hidden_pre(self.params, self.implicit, batch, self.config.n_movies)
 
     def user_batch(self, user_rows: list[int]) -> RatingsBatch:
         """The training ratings of the users at ``user_rows`` (indices into user_ids)."""
@@ -83,6 +96,9 @@ class Checkpoint:
         """Raise CheckpointError if shapes, ids or values are inconsistent."""
         try:
             self.params.check(self.config)
+            if self.implicit is not None:
+                n_hidden = self.implicit.hidden_bias.numel()
+                self.implicit.check(implicit_config(self.config.n_movies, max(n_hidden, 1)))
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
         m, u = self.config.n_movies, int(self.user_ids.numel())
@@ -111,6 +127,16 @@ class Checkpoint:
             raise CheckpointError("a user rating has an unknown level")
 
 
+def stacked_hidden_pre(
+    params: RBMParams, implicit: RBMParams | None, batch: RatingsBatch, n_movies: int
+) -> Tensor:
+    """Softmax-RBM pre-activation, then the implicit RBM's if there is one: (B, F [+ F'])."""
+    pre = hidden_input(params, batch, n_movies)
+    if implicit is None:
+        return pre
+    return torch.cat([pre, implicit_hidden_input(implicit, batch)], dim=1)
+
+
 def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
     """Write ``ckpt`` into ``directory`` (created if missing)."""
     ckpt.check()
@@ -126,6 +152,12 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "user_levels": ckpt.user_levels,
         "popularity": ckpt.popularity,
     }
+    if ckpt.implicit is not None:
+        tensors |= {
+            "implicit_weights": ckpt.implicit.weights,
+            "implicit_visible_bias": ckpt.implicit.visible_bias,
+            "implicit_hidden_bias": ckpt.implicit.hidden_bias,
+        }
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         str(directory / TENSORS_FILE),
@@ -171,6 +203,13 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             popularity=t["popularity"],
             dataset=str(meta.get("dataset", "")),
             ranking=meta.get("ranking", "expected_rating"),
+            implicit=(
+                RBMParams(
+                    t["implicit_weights"], t["implicit_visible_bias"], t["implicit_hidden_bias"]
+                )
+                if "implicit_weights" in t
+                else None
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"inconsistent checkpoint in {directory}: {exc}") from exc
@@ -187,7 +226,8 @@ def smoke_test(directory: Path) -> None:
         if rows
         else RatingsBatch(*(torch.empty(0, dtype=torch.int64),) * 3, n_rows=1)
     )
-    hidden = torch.sigmoid(hidden_input(ckpt.params, batch, ckpt.config.n_movies))
+    pre = ckpt.hidden_pre(batch)
+    hidden = torch.sigmoid(pre[:, : ckpt.config.n_hidden])
     probs = level_probabilities(ckpt.params, hidden, ckpt.config.n_levels)
     sums = probs.sum(dim=1)
     if not bool(torch.isfinite(probs).all()) or not torch.allclose(sums, torch.ones_like(sums)):

@@ -39,8 +39,8 @@ __all__ = [
 
 
 # The ranking scores rbm.scoring can compute; a checkpoint names the one it serves.
-Ranking = Literal["expected_rating", "liked_and_rated"]
-RANKINGS: tuple[Ranking, ...] = ("expected_rating", "liked_and_rated")
+Ranking = Literal["expected_rating", "liked_and_rated", "rated"]
+RANKINGS: tuple[Ranking, ...] = ("expected_rating", "liked_and_rated", "rated")
 LIKED_AT = 4.0  # a rating at or above this counts as liked (the evaluation's relevance)
 
 

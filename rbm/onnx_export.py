@@ -44,7 +44,7 @@ def export_checkpoint(ckpt: Checkpoint, output: Path) -> None:
     import onnx  # imported here: only export needs it
 
     scorer = scorer_for(ckpt).to("cpu")
-    example = torch.zeros(2, ckpt.config.n_hidden)
+    example = torch.zeros(2, ckpt.hidden_width)
     with _quiet_exporter():
         program = torch.onnx.export(
             scorer,

@@ -84,6 +84,8 @@ class Engine:
         self.config = ckpt.config
         self.score_fn = score_fn
         self.params = ckpt.params.to(device)
+        self.implicit = None if ckpt.implicit is None else ckpt.implicit.to(device)
+        self.hidden_width = ckpt.hidden_width
         self.movie_index = {int(m): i for i, m in enumerate(ckpt.movie_ids.tolist())}
         self.movie_ids: list[int] = ckpt.movie_ids.tolist()
         self.user_row = {int(u): i for i, u in enumerate(ckpt.user_ids.tolist())}
@@ -134,13 +136,25 @@ class Engine:
         )
 
     def hidden_pre(self, ratings: UserRatings) -> Tensor:
-        """Hidden pre-activation: hidden biases plus the user's weight rows, (F,) on the device."""
+        """Hidden biases plus the user's weight rows: (hidden_width,) on the device.
+
+        With an implicit RBM its part (biases plus one row per rated movie) follows.
+        """
         units = (ratings.levels * self.n_movies + ratings.movies).to(self.device)
-        return self.params.hidden_bias + self.params.weights[units].sum(0)
+        pre = self.params.hidden_bias + self.params.weights[units].sum(0)
+        if self.implicit is None:
+            return pre
+        rated = ratings.movies.to(self.device)
+        return torch.cat([pre, self.implicit.hidden_bias + self.implicit.weights[rated].sum(0)])
 
     def unit_row(self, movie: int, level: int) -> Tensor:
-        """The weight row that a rating of ``movie`` at ``level`` adds to the pre-activation."""
-        return self.params.weights[level * self.n_movies + movie]
+        """What a rating of ``movie`` at ``level`` adds to the pre-activation: (hidden_width,)."""
+        row = self.params.weights[level * self.n_movies + movie]
+        if self.implicit is None:
+            return row
+        # Changing a rating subtracts the old unit's row and adds the new one: the implicit
+        # part (the movie was rated either way) cancels out, as it should.
+        return torch.cat([row, self.implicit.weights[movie]])
 
     @torch.inference_mode()
     def run(

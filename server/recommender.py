@@ -238,7 +238,7 @@ class Recommender:
         cached = await self.cache.get_many([s.key for s in states])
         out, fresh = [], []
         for state, value in zip(states, cached, strict=True):
-            if value is None or value.shape != (engine.config.n_hidden,):
+            if value is None or value.shape != (engine.hidden_width,):
                 value = engine.hidden_pre(state.ratings)
                 fresh.append((state.key, value))
             out.append(value)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rbm.checkpoint import Checkpoint
-from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams, hidden_input
+from rbm.checkpoint import Checkpoint, stacked_hidden_pre
+from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
 from rbm.scoring import Scorer
 from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
 from trainer.data import Dataset, holdout_split
@@ -17,6 +17,7 @@ from trainer.evaluate import ranking_metrics, rating_metrics
 from trainer.indexing import IndexedRatings, Indexer
 from trainer.predict import predict_indexed
 from trainer.train import EpochReport, TrainConfig, train
+from trainer.train_implicit import train_implicit
 
 __all__ = ["MAX_KNN_MOVIES", "TrainOutcome", "fit_and_evaluate"]
 
@@ -34,38 +35,41 @@ class TrainOutcome:
 
 
 def _rbm_score_fn(
-    params: RBMParams,
-    config: RBMConfig,
+    model: _Models,
     context: IndexedRatings,
     levels: torch.Tensor,
     ranking: Ranking,
     popularity: torch.Tensor,
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    scorer = Scorer(params, levels, ranking, popularity.to(levels.device))
+    scorer = Scorer(model.params, levels, ranking, popularity.to(levels.device), model.implicit)
 
     def score(rows: np.ndarray) -> torch.Tensor:
-        batch = context.batch(rows).to(params.weights.device)
+        batch = context.batch(rows).to(levels.device)
         with torch.no_grad():
-            scores: torch.Tensor = scorer(hidden_input(params, batch, config.n_movies))[0]
+            pre = stacked_hidden_pre(model.params, model.implicit, batch, model.n_movies)
+            scores: torch.Tensor = scorer(pre)[0]
         return scores
 
     return score
 
 
+@dataclass(frozen=True)
+class _Models:
+    params: RBMParams
+    implicit: RBMParams | None
+    n_movies: int
+
+
 def _choose_ranking(
-    params: RBMParams,
-    config: RBMConfig,
-    fit: IndexedRatings,
-    val: IndexedRatings,
-    levels: torch.Tensor,
+    model: _Models, fit: IndexedRatings, val: IndexedRatings, levels: torch.Tensor
 ) -> tuple[Ranking, float]:
     """The ranking score with the best NDCG@10 on the validation slice, and that NDCG."""
-    popularity = popularity_scores(fit, config.n_movies)
+    popularity = popularity_scores(fit, model.n_movies)
     levels_np = levels.cpu().numpy()
     ndcg = {
-        r: ranking_metrics(
-            _rbm_score_fn(params, config, fit, levels, r, popularity), fit, val, levels_np
-        )["ndcg@10"]
+        r: ranking_metrics(_rbm_score_fn(model, fit, levels, r, popularity), fit, val, levels_np)[
+            "ndcg@10"
+        ]
         for r in RANKINGS
     }
     best = max(ndcg, key=lambda r: ndcg[r])
@@ -85,7 +89,13 @@ def fit_and_evaluate(
     rbm_config = RBMConfig(ix.n_movies, len(ds.levels), cfg.n_hidden)
     result = train(fit, val, rbm_config, levels, cfg, on_epoch)
     params = result.params
-    ranking, val_ndcg = _choose_ranking(params, rbm_config, fit, val, levels)
+    implicit = (
+        train_implicit(fit, val, ix.n_movies, levels_np, cfg).params
+        if cfg.n_hidden_implicit
+        else None
+    )
+    models = _Models(params, implicit, ix.n_movies)
+    ranking, val_ndcg = _choose_ranking(models, fit, val, levels)
 
     # Test users unseen in training get empty context rows: the model's fallback.
     all_users = np.union1d(train_users, ds.test.users)
@@ -95,7 +105,7 @@ def fit_and_evaluate(
     predicted = predict_indexed(params, rbm_config, context, test, levels)
     metrics = rating_metrics(predicted, truth, lo, hi)
     pop = popularity_scores(context, ix.n_movies)
-    score_fn = _rbm_score_fn(params, rbm_config, context, levels, ranking, pop)
+    score_fn = _rbm_score_fn(models, context, levels, ranking, pop)
     metrics |= ranking_metrics(score_fn, context, test, levels_np)
     metrics |= {
         "val_rmse": result.best_val_rmse,
@@ -131,5 +141,6 @@ def fit_and_evaluate(
         popularity=popularity_scores(own, ix.n_movies),
         dataset=ds.name,
         ranking=ranking,
+        implicit=None if implicit is None else implicit.to("cpu"),
     )
     return TrainOutcome(ckpt, metrics, baselines, result.history)

@@ -39,6 +39,11 @@ class TrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     device: str = "cpu"
+    # The implicit-feedback RBM (who rated what), used for ranking; 0 hidden units: none.
+    n_hidden_implicit: int = 200
+    implicit_epochs: int = 30
+    implicit_learning_rate: float = 0.05
+    implicit_weight_decay: float = 0.001
 
     def __post_init__(self) -> None:
         positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")
@@ -49,6 +54,8 @@ class TrainConfig:
             raise ValueError("learning_rate must be > 0 and lr_decay in (0, 1]")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+        if self.n_hidden_implicit < 0 or self.implicit_epochs < 1:
+            raise ValueError("n_hidden_implicit must be >= 0 and implicit_epochs >= 1")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5)")
 

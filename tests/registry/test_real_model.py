@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from rbm.checkpoint import load_checkpoint
-from rbm.model import hidden_input
 from rbm.onnx_export import INPUT_NAME, ONNX_FILE
 from rbm.scoring import scorer_for
 from registry import FileRegistry
@@ -38,7 +37,7 @@ def test_every_version_carries_an_onnx_model_that_matches_pytorch(trained: Train
     scorer = scorer_for(ckpt)
     session = ort.InferenceSession(str(version.path / ONNX_FILE))
     for rows in ([0], list(range(1, 65)), [942, 5, 100]):  # the batch dimension is dynamic
-        pre = hidden_input(ckpt.params, ckpt.user_batch(rows), ckpt.config.n_movies)
+        pre = ckpt.hidden_pre(ckpt.user_batch(rows))
         with torch.no_grad():
             want = [t.numpy() for t in scorer(pre)]
         got = session.run(None, {INPUT_NAME: pre.numpy()})
@@ -95,7 +94,7 @@ def test_export_onnx_command_writes_a_runnable_model(registry_copy: Path, tmp_pa
         "--output",
         str(out),
     )
-    hidden = FileRegistry(registry_copy).get_version("rbm", 1).meta.params["n_hidden"]
+    hidden = load_checkpoint(FileRegistry(registry_copy).get_version("rbm", 1).path).hidden_width
     session = ort.InferenceSession(str(out))
     scores, expected = session.run(None, {INPUT_NAME: np.zeros((3, hidden), dtype=np.float32)})
     assert scores.shape == expected.shape == (3, 1682)
