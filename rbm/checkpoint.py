@@ -32,6 +32,7 @@ __all__ = [
     "CHECKPOINT_FILES",
     "Checkpoint",
     "CheckpointError",
+    "ItemModel",
     "load_checkpoint",
     "save_checkpoint",
     "smoke_test",
@@ -46,6 +47,20 @@ CHECKPOINT_FILES = (TENSORS_FILE, JSON_FILE)
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class ItemModel:
+    """The item-based softmax RBM: a case per movie, visible units = the training users.
+
+    Its visible unit k*U + u is "user row u rated the movie at level k", with user rows
+    those of ``Checkpoint.user_ids``. ``movie_hidden`` holds P(h | the movie's training
+    ratings); ``blend`` is the share of its prediction for users it knows.
+    """
+
+    params: RBMParams  # weights (K*U, F2), visible_bias (K*U,), hidden_bias (F2,)
+    movie_hidden: Tensor  # (M, F2)
+    blend: float
 
 
 @dataclass
@@ -65,6 +80,7 @@ class Checkpoint:
     dataset: str = ""
     ranking: Ranking = "expected_rating"  # which ranking score of rbm.scoring the server uses
     implicit: RBMParams | None = None  # the implicit-feedback RBM (rbm.implicit), if trained
+    item: ItemModel | None = None  # the item-based RBM, if trained
 
     @property
     def hidden_width(self) -> int:
@@ -99,6 +115,14 @@ class Checkpoint:
             if self.implicit is not None:
                 n_hidden = self.implicit.hidden_bias.numel()
                 self.implicit.check(implicit_config(self.config.n_movies, max(n_hidden, 1)))
+            if self.item is not None:
+                n_item = self.item.params.hidden_bias.numel()
+                users = int(self.user_ids.numel())
+                self.item.params.check(RBMConfig(max(users, 1), self.config.n_levels, n_item))
+                if tuple(self.item.movie_hidden.shape) != (self.config.n_movies, n_item):
+                    raise ValueError("item_movie_hidden must be (movies, item hidden units)")
+                if not 0.0 <= self.item.blend <= 1.0:
+                    raise ValueError(f"item blend {self.item.blend} is outside [0, 1]")
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
         m, u = self.config.n_movies, int(self.user_ids.numel())
@@ -152,6 +176,13 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "user_levels": ckpt.user_levels,
         "popularity": ckpt.popularity,
     }
+    if ckpt.item is not None:
+        tensors |= {
+            "item_weights": ckpt.item.params.weights,
+            "item_visible_bias": ckpt.item.params.visible_bias,
+            "item_hidden_bias": ckpt.item.params.hidden_bias,
+            "item_movie_hidden": ckpt.item.movie_hidden,
+        }
     if ckpt.implicit is not None:
         tensors |= {
             "implicit_weights": ckpt.implicit.weights,
@@ -173,6 +204,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "titles": ckpt.titles,
         "dataset": ckpt.dataset,
         "ranking": ckpt.ranking,
+        "item_blend": None if ckpt.item is None else ckpt.item.blend,
     }
     (directory / JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -208,6 +240,15 @@ def load_checkpoint(directory: Path) -> Checkpoint:
                     t["implicit_weights"], t["implicit_visible_bias"], t["implicit_hidden_bias"]
                 )
                 if "implicit_weights" in t
+                else None
+            ),
+            item=(
+                ItemModel(
+                    RBMParams(t["item_weights"], t["item_visible_bias"], t["item_hidden_bias"]),
+                    t["item_movie_hidden"],
+                    float(meta["item_blend"]),
+                )
+                if "item_weights" in t
                 else None
             ),
         )

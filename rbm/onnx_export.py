@@ -1,7 +1,8 @@
 """Export the serving computation (``rbm.scoring.Scorer``) to ONNX with a dynamic batch dimension.
 
-The graph takes a batch of hidden pre-activations and returns each movie's ranking score
-and expected rating, exactly the pass the server runs, so ONNX Runtime can serve it.
+The graph takes a batch of hidden pre-activations (and the users' rows in the item-based
+RBM, -1 for users it does not know) and returns each movie's ranking score and expected
+rating, exactly the pass the server runs, so ONNX Runtime can serve it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ import torch
 from rbm.checkpoint import Checkpoint, load_checkpoint
 from rbm.scoring import scorer_for
 
-__all__ = ["INPUT_NAME", "ONNX_FILE", "OUTPUT_NAMES", "export_checkpoint", "export_onnx"]
+__all__ = [
+    "INPUT_NAME",
+    "ITEM_ROWS_NAME",
+    "ONNX_FILE",
+    "OUTPUT_NAMES",
+    "export_checkpoint",
+    "export_onnx",
+]
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "hidden_pre"
+ITEM_ROWS_NAME = "item_rows"
 OUTPUT_NAMES = ("score", "expected_rating")
 
 
@@ -44,14 +53,15 @@ def export_checkpoint(ckpt: Checkpoint, output: Path) -> None:
     import onnx  # imported here: only export needs it
 
     scorer = scorer_for(ckpt).to("cpu")
-    example = torch.zeros(2, ckpt.hidden_width)
+    example = (torch.zeros(2, ckpt.hidden_width), torch.zeros(2, dtype=torch.int64))
+    batch = torch.export.Dim("batch")
     with _quiet_exporter():
         program = torch.onnx.export(
             scorer,
-            (example,),
-            input_names=[INPUT_NAME],
+            example,
+            input_names=[INPUT_NAME, ITEM_ROWS_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=({0: batch}, {0: batch}),
             dynamo=True,
             verbose=False,
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rbm.checkpoint import Checkpoint
+from rbm.checkpoint import Checkpoint, ItemModel
 from rbm.implicit import log_sigmoid
 from rbm.model import LIKED_AT, RANKINGS, Ranking, RBMParams
 
@@ -29,7 +29,11 @@ __all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer", "scorer_for"]
 
 
 class Scorer(nn.Module):
-    """hidden pre-activation (B, F) -> (score (B, M), expected rating (B, M))."""
+    """(hidden pre-activation (B, width), item rows (B,)) -> (score (B, M), expected (B, M)).
+
+    ``item_rows`` are the users' rows in the item-based RBM (their training index), -1 for
+    users it does not know; they matter only when the scorer has an item-based RBM.
+    """
 
     weights_t: Tensor
     visible_bias: Tensor
@@ -37,6 +41,9 @@ class Scorer(nn.Module):
     log_rated: Tensor
     implicit_weights: Tensor
     implicit_visible_bias: Tensor
+    item_weights: Tensor
+    item_bias: Tensor
+    movie_hidden_t: Tensor
 
     def __init__(
         self,
@@ -45,46 +52,68 @@ class Scorer(nn.Module):
         ranking: Ranking = "expected_rating",
         popularity: Tensor | None = None,
         implicit: RBMParams | None = None,
+        item: ItemModel | None = None,
     ) -> None:
         super().__init__()
         if ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
         n_levels = int(levels.numel())
         n_movies = params.visible_bias.numel() // n_levels
+        like = params.weights
         # Wᵀ stored contiguous: addmm on (F, K*M) beat F.linear on W ~2x for small batches.
         self.register_buffer("weights_t", params.weights.t().contiguous())  # (F, K*M)
         self.register_buffer("visible_bias", params.visible_bias.clone())  # (K*M,)
-        self.register_buffer("levels", levels.to(params.weights).view(1, n_levels, 1))
+        self.register_buffer("levels", levels.to(like).view(1, n_levels, 1))
         counts = torch.zeros(n_movies) if popularity is None else popularity.float()
         # +1 smoothing: a movie nobody rated in training is unlikely, not impossible.
         log_rated = torch.log((counts + 1) / (counts.sum() + n_movies))
-        self.register_buffer("log_rated", log_rated.to(params.weights))  # (M,)
+        self.register_buffer("log_rated", log_rated.to(like))  # (M,)
         self.n_levels = n_levels
         self.n_hidden = params.hidden_bias.numel()
+        # Buffers, so that .to(device) and the ONNX export see them.
         self.has_implicit = implicit is not None
-        if implicit is not None:  # buffers, so that .to(device) and the ONNX export see them
-            self.register_buffer("implicit_weights", implicit.weights.to(params.weights))
-            self.register_buffer("implicit_visible_bias", implicit.visible_bias.to(params.weights))
+        if implicit is not None:
+            self.register_buffer("implicit_weights", implicit.weights.to(like))
+            self.register_buffer("implicit_visible_bias", implicit.visible_bias.to(like))
+        self.blend = 0.0 if item is None else item.blend
+        if item is not None:
+            n_item = item.params.hidden_bias.numel()
+            per_user = item.params.weights.view(n_levels, -1, n_item).permute(1, 0, 2)
+            self.register_buffer("item_weights", per_user.contiguous().to(like))  # (U, K, F2)
+            bias = item.params.visible_bias.view(n_levels, -1).t().contiguous()
+            self.register_buffer("item_bias", bias.to(like))  # (U, K)
+            self.register_buffer("movie_hidden_t", item.movie_hidden.t().contiguous().to(like))
         self.ranking = ranking
         self.liked_from = int((levels < LIKED_AT).sum())  # first level counted as liked
 
-    def forward(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         """Scores and expected ratings for every movie."""
+        batch = hidden_pre.shape[0]
         hidden = torch.sigmoid(hidden_pre[:, : self.n_hidden])  # (B, F)
         logits = torch.addmm(self.visible_bias, hidden, self.weights_t)  # (B, K*M)
-        probs = torch.softmax(logits.view(hidden.shape[0], self.n_levels, -1), dim=1)  # (B, K, M)
+        logits = logits.view(batch, self.n_levels, -1)  # (B, K, M)
+        probs = torch.softmax(logits, dim=1)
+        if self.blend > 0.0:
+            probs = self._blend(probs, item_rows)
         expected = (probs * self.levels).sum(dim=1)  # (B, M)
         if self.ranking == "expected_rating":
             return expected, expected
         log_rated = self._log_rated(hidden_pre[:, self.n_hidden :])  # (B, M) or (M,)
         if self.ranking == "rated":
             return log_rated.expand_as(expected), expected
-        # In log space throughout: log of a sum of small probabilities loses digits.
-        levels_view = logits.view(hidden.shape[0], self.n_levels, -1)  # (B, K, M)
-        log_liked = torch.logsumexp(levels_view[:, self.liked_from :, :], dim=1) - torch.logsumexp(
-            levels_view, dim=1
-        )  # (B, M)
-        return log_liked + log_rated, expected
+        liked = probs[:, self.liked_from :, :].sum(dim=1)  # (B, M)
+        return torch.log(liked.clamp_min(1e-30)) + log_rated, expected
+
+    def _blend(self, user_probs: Tensor, item_rows: Tensor) -> Tensor:
+        # The item-based RBM's prediction for the users it knows: row u's K weight rows
+        # against every movie's hidden probabilities.
+        known = item_rows >= 0  # (B,)
+        rows = item_rows.clamp(min=0)
+        w = self.item_weights[rows]  # (B, K, F2)
+        item_logits = torch.matmul(w, self.movie_hidden_t) + self.item_bias[rows].unsqueeze(2)
+        item_probs = torch.softmax(item_logits, dim=1)  # (B, K, M)
+        share = (known.to(user_probs.dtype) * self.blend).view(-1, 1, 1)
+        return share * item_probs + (1 - share) * user_probs
 
     def _log_rated(self, implicit_pre: Tensor) -> Tensor:
         if not self.has_implicit:
@@ -97,4 +126,6 @@ class Scorer(nn.Module):
 def scorer_for(ckpt: Checkpoint) -> Scorer:
     """The serving pass of a checkpoint, with the ranking score it was trained to use."""
     levels = torch.tensor(ckpt.levels, dtype=torch.float32)
-    return Scorer(ckpt.params, levels, ckpt.ranking, ckpt.popularity, ckpt.implicit).eval()
+    return Scorer(
+        ckpt.params, levels, ckpt.ranking, ckpt.popularity, ckpt.implicit, ckpt.item
+    ).eval()

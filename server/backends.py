@@ -14,21 +14,21 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint
-from rbm.onnx_export import INPUT_NAME, ONNX_FILE
+from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, ONNX_FILE
 from rbm.scoring import scorer_for
 
 __all__ = ["BACKENDS", "ScoreFn", "make_score_fn"]
 
-ScoreFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+ScoreFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (hidden_pre, item_rows)
 BACKENDS = ("torch", "onnx")
 
 
 def _torch(ckpt: Checkpoint, device: torch.device) -> ScoreFn:
     scorer = scorer_for(ckpt).to(device)
 
-    def score(hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+    def score(hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():
-            result: tuple[Tensor, Tensor] = scorer(hidden_pre)
+            result: tuple[Tensor, Tensor] = scorer(hidden_pre, item_rows)
         return result
 
     return score
@@ -44,8 +44,12 @@ def _onnx(version_dir: Path, device: torch.device) -> ScoreFn:
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=providers)
 
-    def score(hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+    declared = {i.name for i in session.get_inputs()}  # the export drops an unused input
+
+    def score(hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         feed = {INPUT_NAME: hidden_pre.detach().to("cpu", torch.float32).numpy()}
+        if ITEM_ROWS_NAME in declared:
+            feed[ITEM_ROWS_NAME] = item_rows.detach().to("cpu", torch.int64).numpy()
         scores, expected = session.run(None, feed)
         return (
             torch.from_numpy(np.asarray(scores)).to(device),

@@ -103,7 +103,7 @@ class Engine:
             ckpt, version, device, make_score_fn(backend, ckpt, directory, device), backend
         )
         nobody = UserRatings(_EMPTY, _EMPTY)
-        engine.run([engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
+        engine.run([-1], [engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
         return engine
 
     @property
@@ -158,7 +158,11 @@ class Engine:
 
     @torch.inference_mode()
     def run(
-        self, hidden_pre: Sequence[Tensor], rated: Sequence[UserRatings], queries: Sequence[Query]
+        self,
+        user_ids: Sequence[int],
+        hidden_pre: Sequence[Tensor],
+        rated: Sequence[UserRatings],
+        queries: Sequence[Query],
     ) -> list[Recommendation | list[float]]:
         """One scoring pass for a batch of users, then each row's top-n or predictions.
 
@@ -166,7 +170,8 @@ class Engine:
         information about them).
         """
         h = torch.stack(list(hidden_pre)).to(self.device)  # (B, F)
-        scores, expected = self.score_fn(h)  # (B, M) each
+        item_rows = torch.tensor([self.user_row.get(u, -1) for u in user_ids], device=self.device)
+        scores, expected = self.score_fn(h, item_rows)  # (B, M) each
         top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
         tops = self._top_n(scores, expected, rated, queries, top_rows) if top_rows else {}
         out: list[Recommendation | list[float]] = []

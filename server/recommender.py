@@ -153,7 +153,12 @@ class Recommender:
         states = [self._state(engine, jobs[i].user_id) for i, _ in live]
         hidden = await self._hidden(engine, states)
         outputs = await asyncio.get_running_loop().run_in_executor(
-            self._worker, engine.run, hidden, [s.ratings for s in states], [q for _, q in live]
+            self._worker,
+            engine.run,
+            [jobs[i].user_id for i, _ in live],
+            hidden,
+            [s.ratings for s in states],
+            [q for _, q in live],
         )
         for (i, _), out in zip(live, outputs, strict=True):
             results[i] = self._response(engine, out)

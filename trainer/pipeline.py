@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rbm.checkpoint import Checkpoint, stacked_hidden_pre
+from rbm.checkpoint import Checkpoint, ItemModel, stacked_hidden_pre
 from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
 from rbm.scoring import Scorer
 from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
@@ -18,6 +18,7 @@ from trainer.indexing import IndexedRatings, Indexer
 from trainer.predict import predict_indexed
 from trainer.train import EpochReport, TrainConfig, train
 from trainer.train_implicit import train_implicit
+from trainer.train_item import train_item_based
 
 __all__ = ["MAX_KNN_MOVIES", "TrainOutcome", "fit_and_evaluate"]
 
@@ -41,14 +42,31 @@ def _rbm_score_fn(
     ranking: Ranking,
     popularity: torch.Tensor,
 ) -> Callable[[np.ndarray], torch.Tensor]:
-    scorer = Scorer(model.params, levels, ranking, popularity.to(levels.device), model.implicit)
+    return _scorer_fn(model, context, levels, ranking, popularity, want="score")
+
+
+def _scorer_fn(
+    model: _Models,
+    context: IndexedRatings,
+    levels: torch.Tensor,
+    ranking: Ranking,
+    popularity: torch.Tensor,
+    want: str,
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """(B,) CSR rows of ``context`` -> the serving pass's scores or expected ratings (B, M)."""
+    scorer = Scorer(
+        model.params, levels, ranking, popularity.to(levels.device), model.implicit, model.item
+    )
+    item_row = model.item_rows(context.user_ids)  # (U,) -1 where the item RBM has no such user
 
     def score(rows: np.ndarray) -> torch.Tensor:
         batch = context.batch(rows).to(levels.device)
         with torch.no_grad():
             pre = stacked_hidden_pre(model.params, model.implicit, batch, model.n_movies)
-            scores: torch.Tensor = scorer(pre)[0]
-        return scores
+            item_rows = torch.from_numpy(item_row[rows]).to(levels.device)
+            scores, expected = scorer(pre, item_rows)
+        out: torch.Tensor = scores if want == "score" else expected
+        return out
 
     return score
 
@@ -57,7 +75,14 @@ def _rbm_score_fn(
 class _Models:
     params: RBMParams
     implicit: RBMParams | None
+    item: ItemModel | None
     n_movies: int
+    train_users: np.ndarray  # MovieLens ids of the item RBM's visible units, in row order
+
+    def item_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """Row of each user in the item RBM, -1 for users it does not know."""
+        pos = np.clip(np.searchsorted(self.train_users, user_ids), 0, len(self.train_users) - 1)
+        return np.where(self.train_users[pos] == user_ids, pos, -1).astype(np.int64)
 
 
 def _choose_ranking(
@@ -74,6 +99,20 @@ def _choose_ranking(
     }
     best = max(ndcg, key=lambda r: ndcg[r])
     return best, ndcg[best]
+
+
+def _at_pairs(
+    expected_fn: Callable[[np.ndarray], torch.Tensor], targets: IndexedRatings, chunk: int = 256
+) -> torch.Tensor:
+    """The serving pass's expected rating at each (row, movie) entry of ``targets``."""
+    out = []
+    for start in range(0, len(targets.user_ids), chunk):
+        rows = np.arange(start, min(start + chunk, len(targets.user_ids)))
+        dense = expected_fn(rows)  # (B, M)
+        lo, hi = targets.indptr[rows[0]], targets.indptr[rows[-1] + 1]
+        local = np.repeat(np.arange(len(rows)), np.diff(targets.indptr[rows[0] : rows[-1] + 2]))
+        out.append(dense[torch.from_numpy(local), torch.from_numpy(targets.movies[lo:hi])])
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def fit_and_evaluate(
@@ -94,7 +133,12 @@ def fit_and_evaluate(
         if cfg.n_hidden_implicit
         else None
     )
-    models = _Models(params, implicit, ix.n_movies)
+    item, val_rmse = None, result.best_val_rmse
+    if cfg.n_hidden_item:
+        user_val = predict_indexed(params, rbm_config, fit, val, levels)
+        own_all = ix.index(ds.train, train_users)
+        item, val_rmse = train_item_based(fit, val, own_all, user_val, ix.n_movies, levels, cfg)
+    models = _Models(params, implicit, item, ix.n_movies, train_users)
     ranking, val_ndcg = _choose_ranking(models, fit, val, levels)
 
     # Test users unseen in training get empty context rows: the model's fallback.
@@ -102,13 +146,14 @@ def fit_and_evaluate(
     context, test = ix.index(ds.train, all_users), ix.index(ds.test, all_users)
     truth = levels[torch.from_numpy(test.levels).to(cfg.device)]
     lo, hi = ds.levels[0], ds.levels[-1]
-    predicted = predict_indexed(params, rbm_config, context, test, levels)
-    metrics = rating_metrics(predicted, truth, lo, hi)
     pop = popularity_scores(context, ix.n_movies)
+    expected_fn = _scorer_fn(models, context, levels, "expected_rating", pop, want="expected")
+    metrics = rating_metrics(_at_pairs(expected_fn, test), truth, lo, hi)
     score_fn = _rbm_score_fn(models, context, levels, ranking, pop)
     metrics |= ranking_metrics(score_fn, context, test, levels_np)
     metrics |= {
-        "val_rmse": result.best_val_rmse,
+        "val_rmse": val_rmse,  # of the served prediction (the blend, with an item RBM)
+        "val_rmse_user_rbm": result.best_val_rmse,
         "val_ndcg@10": val_ndcg,
         "best_epoch": float(result.best_epoch),
     }
@@ -142,5 +187,6 @@ def fit_and_evaluate(
         dataset=ds.name,
         ranking=ranking,
         implicit=None if implicit is None else implicit.to("cpu"),
+        item=item,
     )
     return TrainOutcome(ckpt, metrics, baselines, result.history)

@@ -44,6 +44,9 @@ class TrainConfig:
     implicit_epochs: int = 30
     implicit_learning_rate: float = 0.05
     implicit_weight_decay: float = 0.001
+    # The item-based RBM (one case per movie), blended in for users seen in training.
+    n_hidden_item: int = 100  # 0: none
+    item_epochs: int = 60
 
     def __post_init__(self) -> None:
         positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")

@@ -88,6 +88,6 @@ def test_rated_ranking_uses_the_implicit_part_of_the_input() -> None:
     implicit = _params()
     scorer = Scorer(softmax, torch.tensor([1.0, 5.0]), "rated", implicit=implicit)
     pre = torch.cat([torch.zeros(1, 3), torch.tensor([[0.7, -0.2]])], dim=1)  # (1, F + F')
-    scores, expected = scorer(pre)
+    scores, expected = scorer(pre, torch.tensor([-1]))
     torch.testing.assert_close(scores, log_p_rated(implicit, pre[:, 3:]))
     torch.testing.assert_close(expected, torch.full((1, M), 3.0))  # uniform over {1, 5}

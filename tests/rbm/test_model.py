@@ -167,12 +167,13 @@ def test_liked_and_rated_score_is_the_log_probability_of_both() -> None:
     levels = torch.tensor([3.0, 4.0])  # level 1 (rating 4) counts as liked
     popularity = torch.tensor([10.0, 0.0, 5.0])
     hidden_pre = torch.tensor([[0.5, -1.0], [2.0, 0.1]])
-    scores, expected = Scorer(p, levels, "liked_and_rated", popularity)(hidden_pre)
+    no_item = torch.tensor([-1, -1])
+    scores, expected = Scorer(p, levels, "liked_and_rated", popularity)(hidden_pre, no_item)
     probs = level_probabilities(p, torch.sigmoid(hidden_pre), CFG.n_levels)  # (B, K, M)
     p_rated = (popularity + 1) / (popularity.sum() + CFG.n_movies)
     torch.testing.assert_close(scores, torch.log(probs[:, 1, :]) + torch.log(p_rated))
     torch.testing.assert_close(expected, 3.0 * probs[:, 0, :] + 4.0 * probs[:, 1, :])
-    plain, _ = Scorer(p, levels, "expected_rating")(hidden_pre)
+    plain, _ = Scorer(p, levels, "expected_rating")(hidden_pre, no_item)
     torch.testing.assert_close(plain, expected)
     with pytest.raises(ValueError, match="unknown ranking"):
         Scorer(p, levels, "bogus")  # type: ignore[arg-type]

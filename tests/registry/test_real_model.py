@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rbm.checkpoint import load_checkpoint
-from rbm.onnx_export import INPUT_NAME, ONNX_FILE
+from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, ONNX_FILE
 from rbm.scoring import scorer_for
 from registry import FileRegistry
 from tests.conftest import TrainedModel, run_cli
@@ -39,8 +39,9 @@ def test_every_version_carries_an_onnx_model_that_matches_pytorch(trained: Train
     for rows in ([0], list(range(1, 65)), [942, 5, 100]):  # the batch dimension is dynamic
         pre = ckpt.hidden_pre(ckpt.user_batch(rows))
         with torch.no_grad():
-            want = [t.numpy() for t in scorer(pre)]
-        got = session.run(None, {INPUT_NAME: pre.numpy()})
+            item_rows = torch.tensor(rows)  # rows of training users: the item RBM knows them
+            want = [t.numpy() for t in scorer(pre, item_rows)]
+        got = session.run(None, {INPUT_NAME: pre.numpy(), ITEM_ROWS_NAME: item_rows.numpy()})
         assert [g.shape for g in got] == [(len(rows), 1682)] * 2
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=0, atol=1e-4)
@@ -96,6 +97,10 @@ def test_export_onnx_command_writes_a_runnable_model(registry_copy: Path, tmp_pa
     )
     hidden = load_checkpoint(FileRegistry(registry_copy).get_version("rbm", 1).path).hidden_width
     session = ort.InferenceSession(str(out))
-    scores, expected = session.run(None, {INPUT_NAME: np.zeros((3, hidden), dtype=np.float32)})
+    feed = {
+        INPUT_NAME: np.zeros((3, hidden), dtype=np.float32),
+        ITEM_ROWS_NAME: np.array([0, -1, 5], dtype=np.int64),
+    }
+    scores, expected = session.run(None, feed)
     assert scores.shape == expected.shape == (3, 1682)
     assert float(expected.min()) >= 1.0 and float(expected.max()) <= 5.0

@@ -28,8 +28,9 @@ def test_cuda_engine_matches_cpu(trained: TrainedModel) -> None:
     users = list(range(1, 65))
     for engine_a, engine_b in ((cpu, gpu),):
         rated = [engine_a.user_ratings(u, {}) for u in users]
-        out_a = engine_a.run([engine_a.hidden_pre(r) for r in rated], rated, [TopNQuery(20)] * 64)
-        out_b = engine_b.run([engine_b.hidden_pre(r) for r in rated], rated, [TopNQuery(20)] * 64)
+        queries = [TopNQuery(20)] * 64
+        out_a = engine_a.run(users, [engine_a.hidden_pre(r) for r in rated], rated, queries)
+        out_b = engine_b.run(users, [engine_b.hidden_pre(r) for r in rated], rated, queries)
         for a, b in zip(out_a, out_b, strict=True):
             assert not isinstance(a, list) and not isinstance(b, list)
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)

@@ -18,6 +18,7 @@ def test_train_reports_metrics_and_registers_a_promoted_version(trained: Trained
     assert set(baselines) == {"global_mean", "bias", "popularity", "item_knn"}
     assert baselines["item_knn"]["ndcg@10"] > baselines["popularity"]["ndcg@10"]
     assert baselines["bias"]["rmse"] < baselines["global_mean"]["rmse"]
+    assert report["rmse"] < baselines["bias"]["rmse"], "the RBM must beat the bias baseline"
     assert report["registered"] == {
         "model": "rbm",
         "version": 1,

@@ -1,0 +1,87 @@
+"""The item-based softmax RBM (one training case per movie) and its blend with the user-based one.
+
+Transposed, the same sparse CD-k code trains it: a case is a movie, its visible units are
+the users who rated it. It predicts ratings better than the user-based RBM here, but it
+knows only users seen in training, so the server blends the two for those users and uses
+the user-based RBM alone for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from rbm.checkpoint import ItemModel
+from rbm.model import RBMConfig, hidden_input
+from trainer.indexing import IndexedRatings
+from trainer.predict import predict_indexed
+from trainer.train import TrainConfig, train
+
+__all__ = ["BLEND_WEIGHTS", "train_item_based", "transpose"]
+
+BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # share of the item-based prediction
+
+
+def transpose(csr: IndexedRatings, n_movies: int) -> IndexedRatings:
+    """Movies as rows, user rows as columns: (M rows, each listing user row indices)."""
+    user_rows = np.repeat(np.arange(len(csr.user_ids)), np.diff(csr.indptr))
+    order = np.lexsort((user_rows, csr.movies))
+    counts = np.bincount(csr.movies, minlength=n_movies)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return IndexedRatings(
+        np.arange(n_movies), indptr, user_rows[order].astype(np.int64), csr.levels[order]
+    )
+
+
+def _aligned(csr: IndexedRatings, n_movies: int) -> np.ndarray:
+    """Keys (user row * M + movie) of a user-major CSR's entries."""
+    rows = np.repeat(np.arange(len(csr.user_ids)), np.diff(csr.indptr))
+    keys: np.ndarray = rows * n_movies + csr.movies
+    return keys
+
+
+def _keys_t(csr_t: IndexedRatings, n_movies: int) -> np.ndarray:
+    movies = np.repeat(np.arange(len(csr_t.user_ids)), np.diff(csr_t.indptr))
+    keys: np.ndarray = csr_t.movies * n_movies + movies
+    return keys
+
+
+def train_item_based(
+    fit: IndexedRatings,
+    val: IndexedRatings,
+    full: IndexedRatings,
+    user_pred_val: torch.Tensor,
+    n_movies: int,
+    levels: torch.Tensor,
+    cfg: TrainConfig,
+) -> tuple[ItemModel, float]:
+    """Train on ``fit`` (user-major CSRs sharing rows), choose the blend on ``val``.
+
+    ``user_pred_val`` are the user-based RBM's predictions of ``val`` in its CSR order.
+    Returns the model (movie hidden states from ``full``) and the blend's validation RMSE.
+    """
+    n_users = len(fit.user_ids)
+    fit_t, val_t, full_t = (transpose(c, n_movies) for c in (fit, val, full))
+    config = RBMConfig(n_users, len(levels), cfg.n_hidden_item)
+    item_cfg = replace(cfg, n_hidden=cfg.n_hidden_item, epochs=cfg.item_epochs)
+    params = train(fit_t, val_t, config, levels, item_cfg).params
+    item_pred = predict_indexed(params, config, fit_t, val_t, levels)
+    # Align the two prediction orders (user-major and movie-major) on (user, movie).
+    user_order = np.argsort(_aligned(val, n_movies), kind="stable")
+    item_order = np.argsort(_keys_t(val_t, n_movies), kind="stable")
+    u = user_pred_val.cpu()[torch.from_numpy(user_order)]
+    i = item_pred.cpu()[torch.from_numpy(item_order)]
+    truth = levels.cpu()[torch.from_numpy(val.levels[user_order])]
+    lo, hi = float(levels.min()), float(levels.max())
+    rmse = {
+        a: float(torch.sqrt(((a * i + (1 - a) * u).clamp(lo, hi) - truth).pow(2).mean()))
+        for a in BLEND_WEIGHTS
+    }
+    blend = min(rmse, key=lambda a: rmse[a])
+    with torch.no_grad():
+        batch = full_t.batch(np.arange(n_movies)).to(params.weights.device)
+        movie_hidden = torch.sigmoid(hidden_input(params, batch, n_users))  # (M, F2)
+    model = ItemModel(params.to("cpu"), movie_hidden.cpu(), blend)
+    return model, rmse[blend]
