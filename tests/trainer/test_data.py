@@ -64,3 +64,33 @@ def test_data_dir_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_data_dir(None) == Path("/from/env")
     monkeypatch.delenv("RBMREC_DATA")
     assert resolve_data_dir(None) == Path("data")
+
+
+def test_ml1m_format_with_a_small_file_made_here(tmp_path: Path) -> None:
+    # ml-1m's ratings are not in the shared copy; the format is: '::'-separated, latin-1.
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_bytes(
+        "1::Toy Story (1995)::Animation\n2::Amélie (2001)::Comedy\n".encode("latin-1")
+    )
+    rows = [f"{u}::{m}::{r}::97830{u}{m}" for u in (1, 2, 3) for m, r in ((1, 5), (2, 3))]
+    (folder / "ratings.dat").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    ds = load_dataset("ml-1m", tmp_path, "holdout", holdout=0.5)
+    assert ds.titles == ["Toy Story (1995)", "Amélie (2001)"]
+    assert ds.levels == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert (len(ds.train), len(ds.test)) == (3, 3)  # one of each user's two ratings held out
+
+
+def test_ml25m_format_with_a_small_file_made_here(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-25m"
+    folder.mkdir()
+    (folder / "movies.csv").write_text(
+        'movieId,title,genres\r\n1,"Movie, The (1999)",Drama\r\n7,Other (2001),Comedy\r\n'
+    )
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\r\n1,1,4.5,1\r\n1,7,3.0,2\r\n2,7,0.5,3\r\n2,1,5.0,4\r\n"
+    )
+    ds = load_dataset("ml-25m", tmp_path, "holdout", holdout=0.5)
+    assert ds.titles == ["Movie, The (1999)", "Other (2001)"]
+    assert len(ds.levels) == 10
+    assert len(ds.train) + len(ds.test) == 4
