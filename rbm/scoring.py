@@ -87,14 +87,25 @@ class Scorer(nn.Module):
         self.liked_from = int((levels < LIKED_AT).sum())  # first level counted as liked
 
     def forward(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores and expected ratings for every movie."""
+        """Scores and expected ratings for every movie, the item-based blend included."""
+        score, expected = self.rank(hidden_pre)
+        if self.blend > 0.0:
+            item = self._item_expected(item_rows, self.movie_hidden_t)  # (B, M)
+            share = self._share(item_rows)  # (B, 1)
+            expected = share * item + (1 - share) * expected
+        return score, expected
+
+    def rank(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Ranking scores and the user-based RBM's expected ratings, for every movie.
+
+        The ranking comes from the user-based and implicit RBMs only; the item-based RBM
+        refines predicted ratings, which the server needs only for the movies it returns
+        (``blend_at``), so its full (B, K, M) pass is left out of the hot path.
+        """
         batch = hidden_pre.shape[0]
         hidden = torch.sigmoid(hidden_pre[:, : self.n_hidden])  # (B, F)
         logits = torch.addmm(self.visible_bias, hidden, self.weights_t)  # (B, K*M)
-        logits = logits.view(batch, self.n_levels, -1)  # (B, K, M)
-        probs = torch.softmax(logits, dim=1)
-        if self.blend > 0.0:
-            probs = self._blend(probs, item_rows)
+        probs = torch.softmax(logits.view(batch, self.n_levels, -1), dim=1)  # (B, K, M)
         expected = (probs * self.levels).sum(dim=1)  # (B, M)
         if self.ranking == "expected_rating":
             return expected, expected
@@ -104,16 +115,25 @@ class Scorer(nn.Module):
         liked = probs[:, self.liked_from :, :].sum(dim=1)  # (B, M)
         return torch.log(liked.clamp_min(1e-30)) + log_rated, expected
 
-    def _blend(self, user_probs: Tensor, item_rows: Tensor) -> Tensor:
-        # The item-based RBM's prediction for the users it knows: row u's K weight rows
-        # against every movie's hidden probabilities.
-        known = item_rows >= 0  # (B,)
+    def blend_at(self, expected: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
+        """Blend the item-based RBM into user-based expected ratings at ``movies``: (B, n)."""
+        if self.blend == 0.0:
+            return expected
+        columns = self.movie_hidden_t.t()[movies].transpose(1, 2)  # (B, F2, n)
+        item = self._item_expected(item_rows, columns)
+        share = self._share(item_rows)
+        return share * item + (1 - share) * expected
+
+    def _item_expected(self, item_rows: Tensor, movie_hidden_t: Tensor) -> Tensor:
+        # Row u's K weight rows against the movies' hidden probabilities, (F2, M) for every
+        # movie or (B, F2, n) for some: one matrix product either way.
         rows = item_rows.clamp(min=0)
-        w = self.item_weights[rows]  # (B, K, F2)
-        item_logits = torch.matmul(w, self.movie_hidden_t) + self.item_bias[rows].unsqueeze(2)
-        item_probs = torch.softmax(item_logits, dim=1)  # (B, K, M)
-        share = (known.to(user_probs.dtype) * self.blend).view(-1, 1, 1)
-        return share * item_probs + (1 - share) * user_probs
+        logits = torch.matmul(self.item_weights[rows], movie_hidden_t)  # (B, K, n)
+        probs = torch.softmax(logits + self.item_bias[rows].unsqueeze(2), dim=1)
+        return (probs * self.levels).sum(dim=1)  # (B, n)
+
+    def _share(self, item_rows: Tensor) -> Tensor:
+        return ((item_rows >= 0).to(self.levels.dtype) * self.blend).unsqueeze(1)  # (B, 1)
 
     def _log_rated(self, implicit_pre: Tensor) -> Tensor:
         if not self.has_implicit:

@@ -1,7 +1,7 @@
 """Scoring backends: the same serving pass run by PyTorch or by ONNX Runtime.
 
-Both take a batch of hidden pre-activations (B, F) and return (score, expected rating),
-each (B, M), as torch tensors on the engine's device.
+Both take a batch of hidden pre-activations (B, width) and the users' item-RBM rows and
+return (score, expected rating), each (B, M), as torch tensors on the engine's device.
 """
 
 from __future__ import annotations
@@ -20,21 +20,26 @@ from rbm.scoring import scorer_for
 __all__ = ["BACKENDS", "ScoreFn", "make_score_fn"]
 
 ScoreFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (hidden_pre, item_rows)
+# (expected at some movies (B, n), item_rows (B,), movies (B, n)) -> blended (B, n)
+BlendFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 BACKENDS = ("torch", "onnx")
 
 
-def _torch(ckpt: Checkpoint, device: torch.device) -> ScoreFn:
+def _torch(ckpt: Checkpoint, device: torch.device) -> tuple[ScoreFn, BlendFn | None]:
     scorer = scorer_for(ckpt).to(device)
 
     def score(hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         with torch.inference_mode():
-            result: tuple[Tensor, Tensor] = scorer(hidden_pre, item_rows)
-        return result
+            return scorer.rank(hidden_pre)  # the item blend follows, at the movies served
 
-    return score
+    def blend(expected: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return scorer.blend_at(expected, item_rows, movies)
+
+    return score, (blend if scorer.blend > 0.0 else None)
 
 
-def _onnx(version_dir: Path, device: torch.device) -> ScoreFn:
+def _onnx(version_dir: Path, device: torch.device) -> tuple[ScoreFn, BlendFn | None]:
     import onnxruntime as ort  # only the onnx backend needs it
 
     options = ort.SessionOptions()
@@ -56,13 +61,18 @@ def _onnx(version_dir: Path, device: torch.device) -> ScoreFn:
             torch.from_numpy(np.asarray(expected)).to(device),
         )
 
-    return score
+    return score, None  # the exported pass already blends every movie
 
 
 def make_score_fn(
     backend: str, ckpt: Checkpoint, version_dir: Path, device: torch.device
-) -> ScoreFn:
-    """The scoring pass of ``backend`` ("torch" or "onnx") for one version."""
+) -> tuple[ScoreFn, BlendFn | None]:
+    """The scoring pass of ``backend`` ("torch" or "onnx") for one version.
+
+    With a blend function, the pass's expected ratings are the user-based RBM's and the
+    caller blends the item-based RBM in at the movies it serves; without one, they are
+    final.
+    """
     if backend == "torch":
         return _torch(ckpt, device)
     if backend == "onnx":

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from server.backends import ScoreFn, make_score_fn
+from server.backends import BlendFn, ScoreFn, make_score_fn
 
 __all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
 
@@ -76,6 +76,7 @@ class Engine:
         device: torch.device,
         score_fn: ScoreFn,
         backend: str = "torch",
+        blend_fn: BlendFn | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.version = version
@@ -83,6 +84,7 @@ class Engine:
         self.backend = backend
         self.config = ckpt.config
         self.score_fn = score_fn
+        self.blend_fn = blend_fn  # blends the item-based RBM in at the movies served
         self.params = ckpt.params.to(device)
         self.implicit = None if ckpt.implicit is None else ckpt.implicit.to(device)
         self.hidden_width = ckpt.hidden_width
@@ -99,9 +101,8 @@ class Engine:
     ) -> Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
         ckpt = load_checkpoint(directory)
-        engine = cls(
-            ckpt, version, device, make_score_fn(backend, ckpt, directory, device), backend
-        )
+        score_fn, blend_fn = make_score_fn(backend, ckpt, directory, device)
+        engine = cls(ckpt, version, device, score_fn, backend, blend_fn)
         nobody = UserRatings(_EMPTY, _EMPTY)
         engine.run([-1], [engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
         return engine
@@ -173,27 +174,33 @@ class Engine:
         item_rows = torch.tensor([self.user_row.get(u, -1) for u in user_ids], device=self.device)
         scores, expected = self.score_fn(h, item_rows)  # (B, M) each
         top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
-        tops = self._top_n(scores, expected, rated, queries, top_rows) if top_rows else {}
+        tops = (
+            self._top_n(scores, expected, item_rows, rated, queries, top_rows) if top_rows else {}
+        )
         out: list[Recommendation | list[float]] = []
         for b, q in enumerate(queries):
             if isinstance(q, TopNQuery):
                 out.append(tops[b])
             else:
                 idx = torch.tensor(q.movies, dtype=torch.int64, device=self.device)
-                out.append(expected[b, idx].tolist())
+                at = expected[b, idx].unsqueeze(0)  # (1, n)
+                if self.blend_fn is not None:
+                    at = self.blend_fn(at, item_rows[b : b + 1], idx.unsqueeze(0))
+                out.append(at[0].tolist())
         return out
 
     def _top_n(
         self,
         scores: Tensor,
         expected: Tensor,
+        item_rows: Tensor,
         rated: Sequence[UserRatings],
         queries: Sequence[Query],
         rows: list[int],
     ) -> dict[int, Recommendation]:
         if len(rows) != len(queries):  # a mixed batch: rank only the Recommend rows
             sel = torch.tensor(rows, device=self.device)
-            scores, expected = scores[sel], expected[sel]  # (R, M)
+            scores, expected, item_rows = scores[sel], expected[sel], item_rows[sel]  # (R, ...)
         tops = [q for q in queries if isinstance(q, TopNQuery)]
         cold = [not rated[b] for b in rows]
         if any(cold):
@@ -211,6 +218,8 @@ class Engine:
         k = min(max(q.n for q in tops), self.n_movies)
         top_s, top_i = torch.topk(scores, k, dim=1)  # (R, k)
         top_e = torch.gather(expected, 1, top_i)
+        if self.blend_fn is not None:
+            top_e = self.blend_fn(top_e, item_rows, top_i)
         s_list, i_list, e_list = top_s.tolist(), top_i.tolist(), top_e.tolist()  # one copy each
         out = {}
         for r, (b, q) in enumerate(zip(rows, tops, strict=True)):
