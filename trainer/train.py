@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from rbm.model import RBMConfig, RBMParams, cd_statistics
+from rbm.model import CDStats, RBMConfig, RBMParams, cd_statistics
 from trainer.indexing import IndexedRatings
 from trainer.predict import predict_indexed
 
-__all__ = ["EpochReport", "TrainConfig", "TrainResult", "train", "visible_bias_from_counts"]
+__all__ = [
+    "EpochReport",
+    "TrainConfig",
+    "TrainResult",
+    "momentum_step",
+    "train",
+    "visible_bias_from_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +152,7 @@ def train(
         for start in range(0, n_users, config.batch_size):
             batch = train_part.batch(order[start : start + config.batch_size]).to(device)
             stats = cd_statistics(params, batch, rbm_config, k, gen)
-            scale = 1.0 / batch.n_rows
-            grads = (
-                stats.weights * scale - config.weight_decay * params.weights,
-                stats.visible_bias * scale,
-                stats.hidden_bias * scale,
-            )
-            for p, v, g in zip(
-                (params.weights, params.visible_bias, params.hidden_bias),
-                velocity,
-                grads,
-                strict=True,
-            ):
-                v.mul_(momentum).add_(g, alpha=lr)
-                p.add_(v)
+            momentum_step(params, velocity, stats, batch.n_rows, lr, momentum, config.weight_decay)
             sq += stats.recon_sq_error
             n += stats.n_entries
         lr *= config.lr_decay
@@ -175,6 +169,31 @@ def train(
             log.info("early stop at epoch %d (best %d)", epoch + 1, best.best_epoch)
             break
     return best
+
+
+def momentum_step(
+    params: RBMParams,
+    velocity: list[torch.Tensor],
+    stats: CDStats,
+    n_cases: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """One gradient-ascent step with momentum on per-case-averaged CD statistics, in place.
+
+    Weight decay applies to the weights only, not the biases.
+    """
+    scale = 1.0 / n_cases
+    grads = (
+        stats.weights * scale - weight_decay * params.weights,
+        stats.visible_bias * scale,
+        stats.hidden_bias * scale,
+    )
+    tensors = (params.weights, params.visible_bias, params.hidden_bias)
+    for t, v, g in zip(tensors, velocity, grads, strict=True):
+        v.mul_(momentum).add_(g, alpha=lr)
+        t.add_(v)
 
 
 def _copy(params: RBMParams) -> RBMParams:

@@ -14,7 +14,7 @@ from rbm.implicit import implicit_cd_statistics, implicit_config, implicit_hidde
 from rbm.model import RBMParams
 from trainer.evaluate import ranking_metrics
 from trainer.indexing import IndexedRatings
-from trainer.train import TrainConfig
+from trainer.train import TrainConfig, momentum_step
 
 __all__ = ["ImplicitResult", "train_implicit"]
 
@@ -80,20 +80,9 @@ def train_implicit(
         for start in range(0, n_users, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
             stats = implicit_cd_statistics(params, _dense(fit, rows, n_movies).to(device), gen)
-            scale = 1.0 / len(rows)
-            grads = (
-                stats.weights * scale - cfg.implicit_weight_decay * params.weights,
-                stats.visible_bias * scale,
-                stats.hidden_bias * scale,
+            momentum_step(
+                params, velocity, stats, len(rows), lr, momentum, cfg.implicit_weight_decay
             )
-            for t, v, g in zip(
-                (params.weights, params.visible_bias, params.hidden_bias),
-                velocity,
-                grads,
-                strict=True,
-            ):
-                v.mul_(momentum).add_(g, alpha=lr)
-                t.add_(v)
         lr *= cfg.lr_decay
         ndcg = _val_ndcg(params, fit, val, levels)
         if on_epoch is not None:
