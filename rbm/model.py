@@ -30,7 +30,6 @@ __all__ = [
     "RatingsBatch",
     "cd_statistics",
     "entry_level_probabilities",
-    "expected_rating",
     "hidden_input",
     "hidden_probabilities",
     "level_probabilities",
@@ -163,11 +162,6 @@ def level_probabilities(params: RBMParams, hidden: Tensor, n_levels: int) -> Ten
     """P(level | hidden) for every movie, dense: hidden (B, F) -> (B, K, M)."""
     logits = torch.addmm(params.visible_bias, hidden, params.weights.t())  # (B, K*M)
     return torch.softmax(logits.view(hidden.shape[0], n_levels, -1), dim=1)
-
-
-def expected_rating(probs: Tensor, levels: Tensor) -> Tensor:
-    """Expected rating from level probabilities: (B, K, M), (K,) -> (B, M)."""
-    return torch.einsum("bkm,k->bm", probs, levels)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,23 +36,13 @@ class TrainOutcome:
     history: list[EpochReport]
 
 
-def _rbm_score_fn(
-    model: _Models,
-    context: IndexedRatings,
-    levels: torch.Tensor,
-    ranking: Ranking,
-    popularity: torch.Tensor,
-) -> Callable[[np.ndarray], torch.Tensor]:
-    return _scorer_fn(model, context, levels, ranking, popularity, want="score")
-
-
 def _scorer_fn(
     model: _Models,
     context: IndexedRatings,
     levels: torch.Tensor,
     ranking: Ranking,
     popularity: torch.Tensor,
-    want: str,
+    want: Literal["score", "expected"],
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """(B,) CSR rows of ``context`` -> the serving pass's scores or expected ratings (B, M)."""
     scorer = Scorer(
@@ -92,9 +83,9 @@ def _choose_ranking(
     popularity = popularity_scores(fit, model.n_movies)
     levels_np = levels.cpu().numpy()
     ndcg = {
-        r: ranking_metrics(_rbm_score_fn(model, fit, levels, r, popularity), fit, val, levels_np)[
-            "ndcg@10"
-        ]
+        r: ranking_metrics(
+            _scorer_fn(model, fit, levels, r, popularity, want="score"), fit, val, levels_np
+        )["ndcg@10"]
         for r in RANKINGS
     }
     best = max(ndcg, key=lambda r: ndcg[r])
@@ -149,7 +140,7 @@ def fit_and_evaluate(
     pop = popularity_scores(context, ix.n_movies)
     expected_fn = _scorer_fn(models, context, levels, "expected_rating", pop, want="expected")
     metrics = rating_metrics(_at_pairs(expected_fn, test), truth, lo, hi)
-    score_fn = _rbm_score_fn(models, context, levels, ranking, pop)
+    score_fn = _scorer_fn(models, context, levels, ranking, pop, want="score")
     metrics |= ranking_metrics(score_fn, context, test, levels_np)
     metrics |= {
         "val_rmse": val_rmse,  # of the served prediction (the blend, with an item RBM)
