@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -26,6 +25,7 @@ from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from registry.store import FileRegistry, resolve_root
 from server.backends import BACKENDS
 from server.batcher import BatcherConfig
+from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.logs import configure_logging
 from server.metrics import Metrics, ServerState
@@ -168,8 +168,11 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
     await holder.refresh()
     cache, rating_log, where = await _storage(config)
     overlay = UserOverlay()
-    with contextlib.suppress(Exception):  # the log may be unreachable; updates then refuse
-        log.info("replayed %d streamed ratings from the log", await overlay.replay(rating_log))
+    try:
+        replayed = await overlay.catch_up(rating_log)
+        log.info("replayed %d streamed ratings from the log", len(replayed))
+    except Unavailable as exc:  # updates refuse until it answers; batches catch up then
+        log.warning("rating log not replayed yet: %s", exc)
     batching = BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue)
     recommender = Recommender(holder, cache, overlay, rating_log, batching)
     metrics = Metrics()

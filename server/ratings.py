@@ -1,46 +1,42 @@
 """Streamed rating updates: a durable log (a Redis Stream) and the per-user overlay in memory.
 
-An update is acknowledged only after the log has stored it; the overlay is rebuilt from the
-log when the server starts, so an acknowledged update survives a restart.
+An update is acknowledged only after the log has stored it. The log is the one order every
+replica agrees on: each server applies its entries, its own and other replicas', in stream
+order, so an update acknowledged by one replica shows in the next answer of every other,
+and a restarted server rebuilds its overlay from the same entries.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from ratinglog import RatingRecord, decode_fields, encode_fields, stream_key
 from server.errors import Unavailable
 
 __all__ = ["NoRatingLog", "RatingLog", "RatingRecord", "RedisRatingLog", "UserOverlay"]
 
 log = logging.getLogger(__name__)
 
+START = "0-0"  # before the first entry of any stream
 
-@dataclass(frozen=True)
-class RatingRecord:
-    """One rating in MovieLens ids."""
-
-    user_id: int
-    movie_id: int
-    rating: float
-    timestamp: int
+Entry = tuple[str, RatingRecord]
 
 
 class RatingLog(Protocol):
     """Where acknowledged updates are kept."""
 
     async def append(self, record: RatingRecord) -> str:
-        """Store ``record`` durably; raise Unavailable if that cannot be done."""
+        """Store ``record`` durably and return its entry id; raise Unavailable if it cannot."""
         ...
 
-    def read_all(self) -> AsyncIterator[RatingRecord]:
-        """Every stored record, oldest first."""
+    async def read_after(self, last_id: str, count: int) -> list[Entry]:
+        """Up to ``count`` entries after ``last_id``, oldest first; raise Unavailable."""
         ...
 
 
@@ -51,55 +47,67 @@ class NoRatingLog:
         """Always refuses."""
         raise Unavailable("rating updates need Redis (the server runs with an in-process cache)")
 
-    async def read_all(self) -> AsyncIterator[RatingRecord]:
+    async def read_after(self, last_id: str, count: int) -> list[Entry]:
         """Nothing was ever stored."""
-        for _ in ():
-            yield _
+        return []
 
 
 class RedisRatingLog:
-    """A Redis Stream with one entry per update (fields user, movie, rating, ts)."""
+    """A Redis Stream with one entry per update (see ``ratinglog.format``)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "rbmrec") -> None:
         self.client = client
-        self.stream = f"{prefix}:ratings"
+        self.stream = stream_key(prefix)
 
     async def append(self, record: RatingRecord) -> str:
         """XADD the record; raise Unavailable if Redis does not confirm it."""
-        fields: dict[FieldT, EncodableT] = {
-            "user": record.user_id,
-            "movie": record.movie_id,
-            "rating": repr(record.rating),
-            "ts": record.timestamp,
-        }
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in encode_fields(record).items()}
         try:
             entry_id = await self.client.xadd(self.stream, fields)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"the rating log (Redis) is unreachable: {exc}") from exc
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return _text(entry_id)
 
-    async def read_all(self, page: int = 10_000) -> AsyncIterator[RatingRecord]:
-        """XRANGE through the whole stream in pages."""
-        start = "-"
-        while True:
-            entries = await self.client.xrange(self.stream, min=start, count=page) or []
-            for _entry_id, f in entries:
-                if f is not None:
-                    yield RatingRecord(
-                        int(f[b"user"]), int(f[b"movie"]), float(f[b"rating"]), int(f[b"ts"])
-                    )
-            if len(entries) < page:
-                return
-            last = entries[-1][0]
-            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+    async def read_after(self, last_id: str, count: int) -> list[Entry]:
+        """XREAD (non-blocking) the entries after ``last_id``."""
+        try:
+            reply = await self.client.xread({self.stream: last_id}, count=count)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"the rating log (Redis) is unreachable: {exc}") from exc
+        entries: list[Entry] = []
+        # RESP2 (redis-py's default): [[stream, [(id, {field: value}), ...]]]
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
+        for _stream, items in streams:
+            for entry_id, fields in items:
+                try:
+                    entries.append((_text(entry_id), decode_fields(fields)))
+                except (KeyError, ValueError):
+                    # Skip a foreign entry rather than stop following the log for good.
+                    log.warning("skipping malformed rating log entry %s", _text(entry_id))
+        return entries
+
+
+@dataclass(frozen=True)
+class Applied:
+    """An entry applied to the overlay: the rating it replaced and the user's new generation."""
+
+    entry_id: str
+    record: RatingRecord
+    previous: float | None
+    generation: int
 
 
 @dataclass
 class UserOverlay:
-    """Ratings streamed since training, per user, with a generation that counts updates."""
+    """Ratings streamed since training, per user, as far into the log as ``last_id``.
+
+    A user's generation counts its entries; since every replica applies the same entries
+    in the same order, generations (and the cache keys built on them) agree across replicas.
+    """
 
     ratings: dict[int, dict[int, float]] = field(default_factory=dict)
     generations: dict[int, int] = field(default_factory=dict)
+    last_id: str = START
 
     def get(self, user_id: int) -> tuple[dict[int, float], int]:
         """The user's streamed ratings {movie id: rating} and its generation."""
@@ -113,10 +121,32 @@ class UserOverlay:
         self.generations[record.user_id] = self.generations.get(record.user_id, 0) + 1
         return previous
 
-    async def replay(self, source: RatingLog) -> int:
-        """Apply every record of ``source``; return how many."""
-        count = 0
-        async for record in source.read_all():
-            self.apply(record)
-            count += 1
-        return count
+    def apply_entries(self, entries: list[Entry]) -> list[Applied]:
+        """Apply entries read after ``last_id``, in order, skipping any already applied."""
+        applied = []
+        for entry_id, record in entries:
+            if _entry_key(entry_id) <= _entry_key(self.last_id):
+                continue  # a concurrent read got here first
+            previous = self.apply(record)
+            generation = self.generations[record.user_id]
+            applied.append(Applied(entry_id, record, previous, generation))
+            self.last_id = entry_id
+        return applied
+
+    async def catch_up(self, source: RatingLog, page: int = 10_000) -> list[Applied]:
+        """Read and apply every entry after ``last_id``; raise Unavailable if ``source`` is."""
+        applied: list[Applied] = []
+        while True:
+            entries = await source.read_after(self.last_id, page)
+            applied += self.apply_entries(entries)
+            if len(entries) < page:
+                return applied
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,10 @@ from server.engine import (
     TopNQuery,
     UserRatings,
 )
-from server.errors import InvalidArgument, NotFound, ServiceError
+from server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from server.hidden_cache import CacheKey, HiddenCache
 from server.model_holder import ModelHolder
-from server.ratings import RatingLog, RatingRecord, UserOverlay
+from server.ratings import Applied, RatingLog, RatingRecord, UserOverlay
 
 __all__ = [
     "MAX_N",
@@ -38,6 +39,9 @@ __all__ = [
 MAX_N = 1000
 MAX_PREDICT = 10_000
 MAX_FUTURE_S = 86_400  # a timestamp more than a day ahead is a client bug, not a clock skew
+LOG_RETRY_S = 1.0  # how long batches skip the rating log after it failed to answer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class Recommender:
         # One worker: model passes run one at a time anyway, and a dedicated executor skips
         # the context copy of asyncio.to_thread on every batch.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._log_down_until = 0.0
 
     async def close(self) -> None:
         """Stop batching (queued requests fail) and release the model thread."""
@@ -145,6 +150,7 @@ class Recommender:
 
     async def _run_batch(self, jobs: list[Job]) -> list[Result]:
         engine = self.holder.require()  # the whole batch is computed on one version
+        await self._follow_log()
         queries = [self._query(engine, job) for job in jobs]
         results: list[Result] = [q if isinstance(q, ServiceError) else NOT_RUN for q in queries]
         live = [(i, q) for i, q in enumerate(queries) if not isinstance(q, ServiceError)]
@@ -191,31 +197,57 @@ class Recommender:
 
     # -- UpdateRatings ---------------------------------------------------------------------
     async def update(self, record: RatingRecord) -> None:
-        """Validate, log durably, then apply to the overlay and the cached hidden state.
+        """Validate, log durably, then apply the log's new entries to overlay and cache.
 
         Raises InvalidArgument/NotFound for a bad update and Unavailable when the log
         cannot store it: nothing is applied unless the log has it.
         """
         engine = self.holder.require()
-        movie, level = self._validate(engine, record)
+        self._validate(engine, record)
         stamped = (
             record
             if record.timestamp
             else RatingRecord(record.user_id, record.movie_id, record.rating, int(time.time()))
         )
         await self.rating_log.append(stamped)
-        # Snapshot and apply with no await between them: a concurrent update of the same
-        # user then sees either all of this one or none of it.
-        before = self._state(engine, record.user_id)
-        self.overlay.apply(stamped)
-        (cached,) = await self.cache.get_many([before.key])
-        if cached is not None:  # O(F): swap one weight row, no other rating touched
-            new = cached.to(engine.device) + engine.unit_row(movie, level)
-            old_level = before.ratings.level_of(movie)
-            if old_level is not None:
-                new = new - engine.unit_row(movie, old_level)
-            after = self._state(engine, record.user_id)
-            await self.cache.set_many([(after.key, new)])
+        # Apply through the log, not directly: every replica then applies the same entries
+        # in the same order. Should the read fail now, the entry is stored but not yet
+        # visible here, so the client is told to retry (a repeated rating is harmless).
+        applied = await self.overlay.catch_up(self.rating_log)
+        for entry in applied:
+            if entry.record.user_id == record.user_id:
+                await self._update_cached(engine, entry)
+
+    async def _update_cached(self, engine: Engine, entry: Applied) -> None:
+        """O(F): move the cached hidden state past one entry by swapping one weight row."""
+        user, movie_id = entry.record.user_id, entry.record.movie_id
+        before = CacheKey(self.holder.model, engine.version, user, entry.generation - 1)
+        movie, level = engine.movie_index.get(movie_id), engine.level_of.get(entry.record.rating)
+        if movie is None or level is None:
+            return  # logged under a version that knew it; this one skips it (user_ratings too)
+        (cached,) = await self.cache.get_many([before])
+        if cached is None or cached.shape != (engine.hidden_width,):
+            return
+        new = cached.to(engine.device) + engine.unit_row(movie, level)
+        old_level = (
+            engine.level_of.get(entry.previous)
+            if entry.previous is not None
+            else engine.user_ratings(user, {}).level_of(movie)  # a rating from training
+        )
+        if old_level is not None:
+            new = new - engine.unit_row(movie, old_level)
+        after = CacheKey(self.holder.model, engine.version, user, entry.generation)
+        await self.cache.set_many([(after, new)])
+
+    async def _follow_log(self) -> None:
+        """Apply entries other replicas logged, so this batch sees every acknowledged update."""
+        if time.monotonic() < self._log_down_until:
+            return
+        try:
+            await self.overlay.catch_up(self.rating_log)
+        except Unavailable as exc:  # answer from what we have; updates refuse meanwhile
+            self._log_down_until = time.monotonic() + LOG_RETRY_S
+            log.warning("rating log unreachable, serving without new updates: %s", exc)
 
     @staticmethod
     def _validate(engine: Engine, record: RatingRecord) -> tuple[int, int]:

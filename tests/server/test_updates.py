@@ -7,7 +7,6 @@ a list behind a gate, so the test decides in which order two appends complete.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import torch
 
@@ -31,11 +30,12 @@ class GatedLog:
         gate = self.gates.setdefault(record.movie_id, asyncio.Event())
         await gate.wait()
         self.records.append(record)
-        return str(len(self.records))
+        return f"0-{len(self.records)}"
 
-    async def read_all(self) -> AsyncIterator[RatingRecord]:
-        for record in list(self.records):
-            yield record
+    async def read_after(self, last_id: str, count: int) -> list[tuple[str, RatingRecord]]:
+        start = int(last_id.partition("-")[2])
+        entries = list(enumerate(self.records, 1))[start : start + count]
+        return [(f"0-{i}", record) for i, record in entries]
 
 
 def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
@@ -63,7 +63,8 @@ def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
         final = rec._state(engine, user)
         (cached,) = await cache.get_many([final.key])
         exact = engine.hidden_pre(final.ratings)
-        return (exact if cached is None else cached), exact
+        assert cached is not None, "the updates should have kept the cached state"
+        return cached, exact
 
     served, exact = asyncio.run(main())
     torch.testing.assert_close(served, exact, atol=1e-4, rtol=0)
