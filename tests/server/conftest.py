@@ -18,6 +18,7 @@ import pytest
 
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import BIN, REDIS_URL, TrainedModel
+from tests.server.support import OwnRedis
 
 
 @dataclass
@@ -102,3 +103,12 @@ def server(trained: TrainedModel, redis_prefix: str) -> Iterator[RunningServer]:
     with start_server(trained.registry, "--redis-prefix", redis_prefix) as running:
         yield running
     assert running.process.returncode == 0, "SIGTERM should shut the server down cleanly"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of the test's own (append-only), stopped after the test."""
+    redis_server = OwnRedis(tmp_path)
+    redis_server.start()
+    yield redis_server
+    redis_server.stop()
