@@ -1,6 +1,10 @@
 """``rbm-train``: train on MovieLens, evaluate, register a version and optionally promote it.
 
-Exit codes: 0 success, 2 bad usage, 3 data unavailable, 4 training failed, 5 registry error.
+Exit codes: 0 success, 2 bad usage, 3 data unavailable (the data set, or Redis for
+``--ratings-log``), 4 training failed, 5 registry error.
+
+Launched by torchrun (``torchrun --nproc-per-node N -m trainer ...``), every rank trains;
+rank 0 alone evaluates, registers, promotes and prints, and the others exit 0 after training.
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ from rbm.checkpoint import save_checkpoint, smoke_test
 from rbm.onnx_export import ONNX_FILE, export_checkpoint
 from registry.errors import RegistryError
 from registry.gate import promote
+from registry.names import check_model_name
 from registry.records import VersionMeta
 from registry.store import FileRegistry, resolve_root
-from trainer.data import DATASETS, DataUnavailable, load_dataset, resolve_data_dir
-from trainer.pipeline import TrainOutcome, fit_and_evaluate
+from trainer.data import (
+    DATASETS,
+    ML100K_SPLITS,
+    DataUnavailable,
+    load_dataset,
+    resolve_data_dir,
+)
+from trainer.distributed import Communicator, RankZeroFailed, from_environment
+from trainer.pipeline import TrainOutcome, evaluate_models, fit_models
+from trainer.rating_log import RatingLog, RatingLogUnavailable, read_rating_log
 from trainer.train import EpochReport, TrainConfig
 
 __all__ = ["main"]
@@ -48,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub (ml-100k) or holdout")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--hidden", type=int, default=TrainConfig.n_hidden, help="hidden units")
+    p.add_argument(
+        "--implicit-epochs",
+        type=int,
+        default=TrainConfig.implicit_epochs,
+        help="most epochs of the implicit-feedback RBM",
+    )
+    p.add_argument(
+        "--item-epochs",
+        type=int,
+        default=TrainConfig.item_epochs,
+        help="most epochs of the item-based RBM",
+    )
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--registry", help="registry root (else $RBMREC_REGISTRY, else ./registry)")
@@ -56,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true", help="train and evaluate only")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ratings-log",
+        metavar="REDIS_URL",
+        help="also train on the ratings users streamed to the server, read from this Redis",
+    )
+    p.add_argument(
+        "--ratings-log-prefix",
+        default="rbmrec",
+        metavar="PREFIX",
+        help="the server's --redis-prefix: the log is the stream PREFIX:ratings",
+    )
     return p
 
 
@@ -79,7 +115,11 @@ def _library_versions() -> dict[str, str]:
 
 
 def _register(
-    args: argparse.Namespace, outcome: TrainOutcome, cfg: TrainConfig, fingerprint: str
+    args: argparse.Namespace,
+    outcome: TrainOutcome,
+    cfg: TrainConfig,
+    fingerprint: str,
+    world_size: int,
 ) -> dict[str, Any]:
     registry = FileRegistry(resolve_root(args.registry))
     params: dict[str, Any] = cfg.to_dict() | {
@@ -89,7 +129,14 @@ def _register(
         "n_levels": outcome.checkpoint.config.n_levels,
         "n_users": int(outcome.checkpoint.user_ids.numel()),
         "ranking": outcome.checkpoint.ranking,
+        "world_size": world_size,
     }
+    if outcome.rating_log is not None:  # never the URL: it may hold a password
+        params["ratings_log"] = {
+            "prefix": args.ratings_log_prefix,
+            "last_id": outcome.rating_log.last_id,
+            "applied": outcome.rating_log.applied,
+        }
     meta = VersionMeta(
         metrics=outcome.metrics,
         params=params,
@@ -118,27 +165,65 @@ def _register(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rbm-train``."""
+    """Entry point of ``rbm-train`` and ``python -m trainer``."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        device = _device(args.device)
+    except ValueError as exc:
+        print(f"rbm-train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        comm = from_environment(device)
+    except (RuntimeError, ValueError) as exc:
+        print(f"rbm-train: error: cannot join the process group: {exc}", file=sys.stderr)
+        return 4
+    try:
+        return _run(args, comm, device)
+    finally:
+        comm.close()
+
+
+def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
+    """Train on every rank; evaluate, register and report on rank 0."""
+
+    def fail(code: int, message: object) -> int:
+        who = "rbm-train" if comm.is_main else f"rbm-train[rank {comm.rank}]"
+        one_line = " ".join(str(message).split())  # a torch or OS message may span lines
+        print(f"{who}: error: {one_line}", file=sys.stderr)
+        return code
+
+    try:
+        _check_args(args)
         cfg = TrainConfig(
-            n_hidden=args.hidden, epochs=args.epochs, seed=args.seed, device=_device(args.device)
+            n_hidden=args.hidden,
+            epochs=args.epochs,
+            implicit_epochs=args.implicit_epochs,
+            item_epochs=args.item_epochs,
+            seed=args.seed,
+            device=comm.local_device(device),
         )
     except ValueError as exc:
-        print(f"rbm-train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
+    if (problem := _registry_problem(args)) is not None:
+        return fail(5, problem)
     torch.manual_seed(cfg.seed)
+    data_dir = resolve_data_dir(args.data_dir)
     try:
-        ds = load_dataset(args.dataset, resolve_data_dir(args.data_dir), args.split, seed=cfg.seed)
+        ds = load_dataset(args.dataset, data_dir, args.split, seed=cfg.seed)
     except DataUnavailable as exc:
-        print(f"rbm-train: error: {exc}", file=sys.stderr)
-        return 3
+        return fail(3, exc)
+    except (OSError, ValueError) as exc:  # the arguments were checked: a file is missing or bad
+        return fail(3, f"cannot read {args.dataset} from {data_dir}: {exc}")
+    try:
+        log = _read_log(args, comm)
+    except (RatingLogUnavailable, RankZeroFailed) as exc:
+        return fail(3, exc)
     except ValueError as exc:
-        print(f"rbm-train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
 
-    bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=args.quiet, file=sys.stderr)
+    quiet = args.quiet or not comm.is_main
+    bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=quiet, file=sys.stderr)
 
     def on_epoch(r: EpochReport) -> None:
         bar.update(1)
@@ -146,28 +231,76 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        outcome = fit_and_evaluate(ds, cfg, on_epoch)
+        fitted = fit_models(ds, cfg, on_epoch, comm, log)
+        if not comm.is_main:
+            return 0  # rank 0 evaluates and registers what every rank trained alike
+        outcome = evaluate_models(ds, cfg, fitted)
     except (FloatingPointError, RuntimeError, ValueError) as exc:
-        print(f"rbm-train: error: training failed: {exc}", file=sys.stderr)
-        return 4
+        return fail(4, f"training failed: {exc}")
     finally:
         bar.close()
 
     outcome.metrics["train_seconds"] = round(time.monotonic() - started, 3)
-    report: dict[str, Any] = dict(outcome.metrics)
-    report["baselines"] = outcome.baselines
-    report |= {"dataset": args.dataset, "split": args.split, "device": cfg.device}
+    report = _report(args, outcome, cfg, comm.world_size)
     if not args.no_register:
+        fingerprint = ds.fingerprint if log is None else log.fingerprint(ds.fingerprint)
         try:
-            report["registered"] = _register(args, outcome, cfg, ds.fingerprint)
+            report["registered"] = _register(args, outcome, cfg, fingerprint, comm.world_size)
         except RegistryError as exc:
-            print(f"rbm-train: error: {exc}", file=sys.stderr)
-            return 5
+            return fail(5, exc)
     if args.json:
         print(json.dumps(report))
     else:
         _print_human(report)
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Raise ValueError for what would otherwise fail only after the data loaded or trained."""
+    if args.dataset == "ml-100k" and args.split not in (*ML100K_SPLITS, "holdout"):
+        choices = ", ".join(ML100K_SPLITS)
+        raise ValueError(f"unknown split {args.split!r} for ml-100k; choose holdout or {choices}")
+    if args.dataset != "ml-100k" and args.split != "holdout":
+        raise ValueError(f"{args.dataset} has no canonical splits; use --split holdout")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    if not args.no_register:
+        try:
+            check_model_name(args.model)
+        except RegistryError as exc:
+            raise ValueError(f"--model: {exc.message}") from exc
+
+
+def _registry_problem(args: argparse.Namespace) -> str | None:
+    """Why registering would fail whatever was trained, checked before training."""
+    root = resolve_root(args.registry)
+    if not args.no_register and root.exists() and not root.is_dir():
+        return f"registry {root} is not a directory"
+    return None
+
+
+def _read_log(args: argparse.Namespace, comm: Communicator) -> RatingLog | None:
+    """The rating log, read once on rank 0 so every rank trains on the same entries."""
+    if args.ratings_log is None:
+        return None
+    return comm.decide(lambda: read_rating_log(args.ratings_log, args.ratings_log_prefix))
+
+
+def _report(
+    args: argparse.Namespace, outcome: TrainOutcome, cfg: TrainConfig, world_size: int
+) -> dict[str, Any]:
+    """The --json report, less ``registered``."""
+    report: dict[str, Any] = dict(outcome.metrics)
+    report["baselines"] = outcome.baselines
+    report |= {
+        "dataset": args.dataset,
+        "split": args.split,
+        "device": cfg.device,
+        "world_size": world_size,
+    }
+    if outcome.rating_log is not None:
+        report["rating_log"] = outcome.rating_log.to_report()
+    return report
 
 
 def _print_human(report: dict[str, Any]) -> None:

@@ -45,6 +45,27 @@ class Ratings:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    @classmethod
+    def from_lists(
+        cls, users: list[int], movies: list[int], ratings: list[float], stamps: list[int]
+    ) -> Ratings:
+        """Ratings from parallel lists, with the dtypes above."""
+        return cls(
+            np.asarray(users, dtype=np.int64),
+            np.asarray(movies, dtype=np.int64),
+            np.asarray(ratings, dtype=np.float32),
+            np.asarray(stamps, dtype=np.int64),
+        )
+
+    def concat(self, other: Ratings) -> Ratings:
+        """These ratings followed by ``other``'s."""
+        return Ratings(
+            np.concatenate([self.users, other.users]),
+            np.concatenate([self.movies, other.movies]),
+            np.concatenate([self.ratings, other.ratings]),
+            np.concatenate([self.timestamps, other.timestamps]),
+        )
+
     def take(self, mask_or_index: np.ndarray) -> Ratings:
         """The subset selected by a boolean mask or an index array."""
         return Ratings(
@@ -86,7 +107,7 @@ def _read_tab_ratings(path: Path, sep: str) -> Ratings:
             movies.append(int(m))
             ratings.append(float(r))
             stamps.append(int(t))
-    return _arrays(users, movies, ratings, stamps)
+    return Ratings.from_lists(users, movies, ratings, stamps)
 
 
 def _read_csv_ratings(path: Path) -> Ratings:
@@ -97,18 +118,7 @@ def _read_csv_ratings(path: Path) -> Ratings:
             movies.append(int(row["movieId"]))
             ratings.append(float(row["rating"]))
             stamps.append(int(row["timestamp"]))
-    return _arrays(users, movies, ratings, stamps)
-
-
-def _arrays(
-    users: list[int], movies: list[int], ratings: list[float], stamps: list[int]
-) -> Ratings:
-    return Ratings(
-        np.asarray(users, dtype=np.int64),
-        np.asarray(movies, dtype=np.int64),
-        np.asarray(ratings, dtype=np.float32),
-        np.asarray(stamps, dtype=np.int64),
-    )
+    return Ratings.from_lists(users, movies, ratings, stamps)
 
 
 def _fingerprint(paths: list[Path]) -> str:

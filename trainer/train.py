@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rbm.model import CDStats, RBMConfig, RBMParams, cd_statistics
+from trainer.distributed import Communicator, LocalCommunicator
 from trainer.indexing import IndexedRatings
 from trainer.predict import predict_indexed
 
@@ -19,7 +20,9 @@ __all__ = [
     "EpochReport",
     "TrainConfig",
     "TrainResult",
+    "minibatch_stats",
     "momentum_step",
+    "state_tensors",
     "train",
     "visible_bias_from_counts",
 ]
@@ -66,6 +69,8 @@ class TrainConfig:
             raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
         if self.n_hidden_implicit < 0 or self.implicit_epochs < 1:
             raise ValueError("n_hidden_implicit must be >= 0 and implicit_epochs >= 1")
+        if self.n_hidden_item < 0 or self.item_epochs < 1:
+            raise ValueError("n_hidden_item must be >= 0 and item_epochs >= 1")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5)")
 
@@ -130,17 +135,24 @@ def train(
     levels: torch.Tensor,
     config: TrainConfig,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    comm: Communicator | None = None,
 ) -> TrainResult:
-    """Train an RBM on ``train_part``, early-stopping on RMSE over ``val_part``."""
+    """Train an RBM on ``train_part``, early-stopping on RMSE over ``val_part``.
+
+    With a process group in ``comm``, every rank runs the same minibatch schedule, computes
+    the statistics of its share of each minibatch, and applies the summed update.
+    """
+    comm = comm or LocalCommunicator()
     device = torch.device(config.device)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator(device=device).manual_seed(comm.sampling_seed(config.seed))
+    rng = np.random.default_rng(config.seed)  # the same shuffle on every rank
     cpu_gen = torch.Generator().manual_seed(config.seed)
     vb = visible_bias_from_counts(train_part, rbm_config.n_movies, rbm_config.n_levels)
     params = RBMParams.init(rbm_config, cpu_gen, vb).to(device)
     velocity = [
         torch.zeros_like(t) for t in (params.weights, params.visible_bias, params.hidden_bias)
     ]
+    comm.sync(state_tensors(params, velocity))  # the seed already agrees; this makes sure
     n_users = len(train_part.user_ids)
     best = TrainResult(params=_copy(params), best_epoch=-1, best_val_rmse=math.inf)
     lr = config.learning_rate
@@ -150,13 +162,16 @@ def train(
         sq, n = 0.0, 0
         order = rng.permutation(n_users)
         for start in range(0, n_users, config.batch_size):
-            batch = train_part.batch(order[start : start + config.batch_size]).to(device)
-            stats = cd_statistics(params, batch, rbm_config, k, gen)
-            momentum_step(params, velocity, stats, batch.n_rows, lr, momentum, config.weight_decay)
+            rows = order[start : start + config.batch_size]
+            stats = minibatch_stats(params, train_part, rows, rbm_config, k, gen, comm)
+            momentum_step(params, velocity, stats, len(rows), lr, momentum, config.weight_decay)
             sq += stats.recon_sq_error
             n += stats.n_entries
         lr *= config.lr_decay
-        val = _val_rmse(params, rbm_config, train_part, val_part, levels.to(device))
+        comm.sync(state_tensors(params, velocity))  # before anything is decided on them
+        val = comm.decide(
+            lambda: _val_rmse(params, rbm_config, train_part, val_part, levels.to(device))
+        )
         report = EpochReport(epoch + 1, k, math.sqrt(sq / max(n, 1)), val)
         best.history.append(report)
         if on_epoch is not None:
@@ -169,6 +184,25 @@ def train(
             log.info("early stop at epoch %d (best %d)", epoch + 1, best.best_epoch)
             break
     return best
+
+
+def minibatch_stats(
+    params: RBMParams,
+    data: IndexedRatings,
+    rows: np.ndarray,
+    rbm_config: RBMConfig,
+    k: int,
+    gen: torch.Generator | None,
+    comm: Communicator,
+) -> CDStats:
+    """CD-k statistics of the users at CSR ``rows``, summed over every rank's share of them."""
+    batch = data.batch(comm.shard(rows)).to(params.weights.device)
+    return comm.reduce_stats(cd_statistics(params, batch, rbm_config, k, gen))
+
+
+def state_tensors(params: RBMParams, velocity: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Everything a training step updates, to keep in step across ranks."""
+    return [params.weights, params.visible_bias, params.hidden_bias, *velocity]
 
 
 def momentum_step(

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from rbm.implicit import implicit_cd_statistics, implicit_config, implicit_hidden_input, log_p_rated
-from rbm.model import RBMParams
+from rbm.model import CDStats, RBMParams
+from trainer.distributed import Communicator, LocalCommunicator
 from trainer.evaluate import ranking_metrics
 from trainer.indexing import IndexedRatings
-from trainer.train import TrainConfig, momentum_step
+from trainer.train import TrainConfig, momentum_step, state_tensors
 
-__all__ = ["ImplicitResult", "train_implicit"]
+__all__ = ["ImplicitResult", "implicit_minibatch_stats", "train_implicit"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ def _dense(csr: IndexedRatings, rows: np.ndarray, n_movies: int) -> torch.Tensor
     return x
 
 
+def implicit_minibatch_stats(
+    params: RBMParams,
+    data: IndexedRatings,
+    rows: np.ndarray,
+    n_movies: int,
+    gen: torch.Generator | None,
+    comm: Communicator,
+) -> CDStats:
+    """CD-1 statistics of the users at CSR ``rows``, summed over every rank's share of them."""
+    visible = _dense(data, comm.shard(rows), n_movies).to(params.weights.device)  # (B, M)
+    return comm.reduce_stats(implicit_cd_statistics(params, visible, gen))
+
+
 def _val_ndcg(
     params: RBMParams, fit: IndexedRatings, val: IndexedRatings, levels: np.ndarray
 ) -> float:
@@ -55,13 +69,16 @@ def train_implicit(
     levels: np.ndarray,
     cfg: TrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
+    comm: Communicator | None = None,
 ) -> ImplicitResult:
     """Train on who-rated-what in ``fit``; keep the epoch with the best NDCG@10 on ``val``.
 
     This model overfits fast (its best epoch is usually below 15), hence the early stop.
+    Distributed as ``trainer.train.train`` is: shared schedule, summed statistics.
     """
+    comm = comm or LocalCommunicator()
     device = torch.device(cfg.device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    gen = torch.Generator(device=device).manual_seed(comm.sampling_seed(cfg.seed + 1))
     rng = np.random.default_rng(cfg.seed + 1)
     config = implicit_config(n_movies, cfg.n_hidden_implicit)
     rated = np.bincount(fit.movies, minlength=n_movies) / max(len(fit.user_ids), 1)
@@ -72,6 +89,7 @@ def train_implicit(
     velocity = [
         torch.zeros_like(t) for t in (params.weights, params.visible_bias, params.hidden_bias)
     ]
+    comm.sync(state_tensors(params, velocity))
     best = ImplicitResult(params, 0, -math.inf)
     lr, n_users = cfg.implicit_learning_rate, len(fit.user_ids)
     for epoch in range(cfg.implicit_epochs):
@@ -79,12 +97,13 @@ def train_implicit(
         order = rng.permutation(n_users)
         for start in range(0, n_users, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            stats = implicit_cd_statistics(params, _dense(fit, rows, n_movies).to(device), gen)
+            stats = implicit_minibatch_stats(params, fit, rows, n_movies, gen, comm)
             momentum_step(
                 params, velocity, stats, len(rows), lr, momentum, cfg.implicit_weight_decay
             )
         lr *= cfg.lr_decay
-        ndcg = _val_ndcg(params, fit, val, levels)
+        comm.sync(state_tensors(params, velocity))  # before anything is decided on them
+        ndcg = comm.decide(lambda: _val_ndcg(params, fit, val, levels))
         if on_epoch is not None:
             on_epoch(epoch + 1, ndcg)
         if ndcg > best.best_val_ndcg:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from rbm.checkpoint import ItemModel
-from rbm.model import RBMConfig, hidden_input
+from rbm.model import RBMConfig, RBMParams, hidden_input
+from trainer.distributed import Communicator, LocalCommunicator
 from trainer.indexing import IndexedRatings
 from trainer.predict import predict_indexed
 from trainer.train import TrainConfig, train
@@ -56,17 +57,41 @@ def train_item_based(
     n_movies: int,
     levels: torch.Tensor,
     cfg: TrainConfig,
+    comm: Communicator | None = None,
 ) -> tuple[ItemModel, float]:
     """Train on ``fit`` (user-major CSRs sharing rows), choose the blend on ``val``.
 
     ``user_pred_val`` are the user-based RBM's predictions of ``val`` in its CSR order.
     Returns the model (movie hidden states from ``full``) and the blend's validation RMSE.
+    Distributed, the ranks share out movies (this model's cases); rank 0 picks the blend.
     """
+    comm = comm or LocalCommunicator()
     n_users = len(fit.user_ids)
     fit_t, val_t, full_t = (transpose(c, n_movies) for c in (fit, val, full))
     config = RBMConfig(n_users, len(levels), cfg.n_hidden_item)
     item_cfg = replace(cfg, n_hidden=cfg.n_hidden_item, epochs=cfg.item_epochs)
-    params = train(fit_t, val_t, config, levels, item_cfg).params
+    params = train(fit_t, val_t, config, levels, item_cfg, comm=comm).params
+    blend, rmse = comm.decide(
+        lambda: _choose_blend(params, config, fit_t, val_t, val, user_pred_val, levels, n_movies)
+    )
+    with torch.no_grad():
+        batch = full_t.batch(np.arange(n_movies)).to(params.weights.device)
+        movie_hidden = torch.sigmoid(hidden_input(params, batch, n_users))  # (M, F2)
+    model = ItemModel(params.to("cpu"), movie_hidden.cpu(), blend)
+    return model, rmse
+
+
+def _choose_blend(
+    params: RBMParams,
+    config: RBMConfig,
+    fit_t: IndexedRatings,
+    val_t: IndexedRatings,
+    val: IndexedRatings,
+    user_pred_val: torch.Tensor,
+    levels: torch.Tensor,
+    n_movies: int,
+) -> tuple[float, float]:
+    """The share of the item-based prediction with the best validation RMSE, and that RMSE."""
     item_pred = predict_indexed(params, config, fit_t, val_t, levels)
     # Align the two prediction orders (user-major and movie-major) on (user, movie).
     user_order = np.argsort(_aligned(val, n_movies), kind="stable")
@@ -80,8 +105,4 @@ def train_item_based(
         for a in BLEND_WEIGHTS
     }
     blend = min(rmse, key=lambda a: rmse[a])
-    with torch.no_grad():
-        batch = full_t.batch(np.arange(n_movies)).to(params.weights.device)
-        movie_hidden = torch.sigmoid(hidden_input(params, batch, n_users))  # (M, F2)
-    model = ItemModel(params.to("cpu"), movie_hidden.cpu(), blend)
-    return model, rmse[blend]
+    return blend, rmse[blend]

@@ -1,0 +1,180 @@
+"""The rating log the server writes (``ratinglog``): read from Redis, merged into the training data.
+
+A retrain thereby includes what users rated since the data set was made. Logged ratings go
+to the part the RBMs fit, never to the validation slice or the test part, so evaluation
+stays comparable with a run without the log; an entry for a (user, movie) pair held out
+there is skipped, since training on it would leak into the evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import cast
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+
+from ratinglog import decode_fields, stream_key
+from trainer.data import Ratings
+
+__all__ = ["LogMerge", "RatingLog", "RatingLogUnavailable", "merge_log", "read_rating_log"]
+
+PAGE_SIZE = 10_000  # entries per XRANGE: bounded replies, few round trips
+_INT64 = 2**63
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class RatingLogUnavailable(Exception):
+    """Redis could not be reached or read."""
+
+
+@dataclass(frozen=True)
+class RatingLog:
+    """Every entry of the stream that decodes as a rating, in stream order."""
+
+    key: str
+    ratings: Ratings
+    malformed: int  # entries that are not ratings
+    last_id: str | None  # the newest entry read; None for an empty stream
+
+    def fingerprint(self, base: str) -> str:
+        """The data fingerprint of ``base``'s data set with this log merged in."""
+        text = f"{base}|{self.key}|{self.last_id}|{len(self.ratings) + self.malformed}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_rating_log(url: str, prefix: str, page_size: int = PAGE_SIZE) -> RatingLog:
+    """The whole stream ``{prefix}:ratings`` at ``url``, read with XRANGE a page at a time.
+
+    Raises RatingLogUnavailable when Redis cannot be reached or read, ValueError for a URL
+    that is not a Redis one.
+    """
+    key = stream_key(prefix)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
+    try:
+        return _read_pages(client, key, page_size)
+    except redis.RedisError as exc:
+        where = _redact(url)
+        raise RatingLogUnavailable(f"cannot read the rating log {key} at {where}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _read_pages(client: redis.Redis, key: str, page_size: int) -> RatingLog:
+    users: list[int] = []
+    movies: list[int] = []
+    values: list[float] = []
+    stamps: list[int] = []
+    malformed, start, last_id = 0, "-", None
+    while True:
+        page = cast(list[Entry], client.xrange(key, min=start, max="+", count=page_size))
+        for _entry_id, fields in page:
+            try:
+                record = decode_fields(fields)
+            except (KeyError, ValueError):
+                malformed += 1
+                continue
+            if max(abs(record.user_id), abs(record.movie_id), abs(record.timestamp)) >= _INT64:
+                malformed += 1  # would not fit the int64 arrays
+                continue
+            users.append(record.user_id)
+            movies.append(record.movie_id)
+            values.append(record.rating)
+            stamps.append(record.timestamp)
+        if page:
+            last_id = page[-1][0].decode()
+            start = f"({last_id}"  # exclusive start (Redis >= 6.2): the next page
+        if len(page) < page_size:
+            return RatingLog(
+                key, Ratings.from_lists(users, movies, values, stamps), malformed, last_id
+            )
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class LogMerge:
+    """What merging the log did: read = applied + superseded + skipped."""
+
+    read: int
+    applied: int  # ratings now in training: the latest entry of each (user, movie)
+    superseded: int  # entries a later entry of the same (user, movie) replaced
+    skipped_malformed: int
+    skipped_unknown_movie: int
+    skipped_off_scale: int
+    skipped_held_out: int  # (user, movie) in the validation slice or the test part
+    replaced: int  # applied ratings that replaced a rating of the data set
+    new_users: int  # users the training data did not have
+    last_id: str | None
+
+    @property
+    def skipped(self) -> int:
+        """Entries left out, whatever the reason."""
+        return (
+            self.skipped_malformed
+            + self.skipped_unknown_movie
+            + self.skipped_off_scale
+            + self.skipped_held_out
+        )
+
+    def to_report(self) -> dict[str, int | str | None]:
+        """The --json report's ``rating_log`` object."""
+        return asdict(self) | {"skipped": self.skipped}
+
+
+def merge_log(
+    fit: Ratings,
+    val: Ratings,
+    test: Ratings,
+    log: RatingLog,
+    movie_ids: np.ndarray,
+    levels: tuple[float, ...],
+) -> tuple[Ratings, LogMerge]:
+    """``fit`` with the log applied: the latest rating of each (user, movie) pair wins."""
+    r = log.ratings
+    scale = np.asarray(levels, dtype=np.float32)
+    known = np.isin(r.movies, movie_ids)
+    on_scale = np.isclose(r.ratings[:, None], scale[None, :]).any(1)  # NaN is on no scale
+    valid = r.take(known & on_scale)
+    nearest = np.abs(valid.ratings[:, None] - scale[None, :]).argmin(1)
+    valid = Ratings(valid.users, valid.movies, scale[nearest], valid.timestamps)  # exact levels
+    held_out = val.concat(test)
+    log_pairs, fit_pairs, held_pairs = _pair_ids(valid, fit, held_out)
+    held = np.isin(log_pairs, held_pairs)
+    kept, kept_pairs = valid.take(~held), log_pairs[~held]
+    _, from_end = np.unique(kept_pairs[::-1], return_index=True)
+    latest = np.sort(len(kept_pairs) - 1 - from_end)  # each pair's last entry, stream order
+    replaced = np.isin(fit_pairs, kept_pairs)
+    merged = fit.take(~replaced).concat(kept.take(latest))
+    base_users = np.union1d(fit.users, val.users)
+    report = LogMerge(
+        read=len(r) + log.malformed,
+        applied=len(latest),
+        superseded=len(kept_pairs) - len(latest),
+        skipped_malformed=log.malformed,
+        skipped_unknown_movie=int((~known).sum()),
+        skipped_off_scale=int((known & ~on_scale).sum()),
+        skipped_held_out=int(held.sum()),
+        replaced=int(replaced.sum()),
+        new_users=len(np.setdiff1d(kept.users, base_users)),
+        last_id=log.last_id,
+    )
+    return merged, report
+
+
+def _pair_ids(*parts: Ratings) -> list[np.ndarray]:
+    """One integer per distinct (user, movie) pair across ``parts``, aligned with their rows."""
+    pairs = np.concatenate([np.stack([p.users, p.movies], axis=1) for p in parts])
+    _, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    bounds = np.cumsum([len(p) for p in parts])[:-1]
+    return np.split(inverse.reshape(-1), bounds)
