@@ -16,6 +16,8 @@ import grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from server.auth import bearer_metadata, load_token
+from server.tls import channel_credentials
 
 __all__ = ["main"]
 
@@ -29,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument("--tls-ca", metavar="PATH", help="PEM CA to trust: connect with TLS")
+    p.add_argument("--tls-cert", metavar="PATH", help="PEM client certificate, for mutual TLS")
+    p.add_argument("--tls-key", metavar="PATH", help="PEM key of --tls-cert")
+    p.add_argument(
+        "--token-file",
+        default=os.environ.get("RBMREC_AUTH_TOKEN_FILE"),
+        metavar="PATH",
+        help="send the bearer token in this file "
+        "($RBMREC_AUTH_TOKEN_FILE; else $RBMREC_AUTH_TOKEN)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="top-n movies for a user")
     rec.add_argument("--user", type=int, required=True)
@@ -48,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _recommend(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
     r = stub.Recommend(
-        pb.RecommendRequest(user_id=a.user, n=a.n, include_rated=a.include_rated), timeout=a.timeout
+        pb.RecommendRequest(user_id=a.user, n=a.n, include_rated=a.include_rated),
+        timeout=a.timeout,
+        metadata=a.metadata,
     )
     movies = [
         {
@@ -66,7 +80,7 @@ def _rate(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any
     update = pb.RatingUpdate(
         user_id=a.user, movie_id=a.movie, rating=a.rating, timestamp=a.timestamp or int(time.time())
     )
-    acks = list(stub.UpdateRatings(iter([update]), timeout=a.timeout))
+    acks = list(stub.UpdateRatings(iter([update]), timeout=a.timeout, metadata=a.metadata))
     if len(acks) != 1:
         raise RuntimeError(f"expected one ack, got {len(acks)}")
     return {"accepted": acks[0].accepted, "error": acks[0].error}
@@ -74,7 +88,9 @@ def _rate(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any
 
 def _predict(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
     r = stub.PredictRatings(
-        pb.PredictRatingsRequest(user_id=a.user, movie_ids=a.movies), timeout=a.timeout
+        pb.PredictRatingsRequest(user_id=a.user, movie_ids=a.movies),
+        timeout=a.timeout,
+        metadata=a.metadata,
     )
     return {
         "user_id": a.user,
@@ -84,7 +100,7 @@ def _predict(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, 
 
 
 def _info(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
-    r = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=a.timeout)
+    r = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=a.timeout, metadata=a.metadata)
     return {
         "model_name": r.model_name,
         "model_version": r.model_version,
@@ -116,10 +132,24 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
 _COMMANDS = {"recommend": _recommend, "rate": _rate, "predict": _predict, "info": _info}
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """A TLS channel when any --tls-* flag is given, else a plaintext one."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.insecure_channel(args.target)
+    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return grpc.secure_channel(args.target, credentials)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rbm-client``."""
     args = _parser().parse_args(argv)
-    with grpc.insecure_channel(args.target) as channel:
+    try:
+        args.metadata = bearer_metadata(load_token(args.token_file))
+        channel = _channel(args)
+    except ValueError as exc:
+        print(f"rbm-client: error: {exc}", file=sys.stderr)
+        return 2
+    with channel:
         stub = pb_grpc.RecommenderStub(channel)
         try:
             out = _COMMANDS[args.command](stub, args)

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -23,18 +23,20 @@ from redis.exceptions import RedisError
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from registry.store import FileRegistry, resolve_root
+from server.auth import TokenAuth, load_token
 from server.backends import BACKENDS
 from server.batcher import BatcherConfig
 from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
-from server.logs import configure_logging
+from server.logs import configure_logging, redact_url
 from server.metrics import Metrics, ServerState
 from server.model_holder import ModelHolder
 from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
 from server.recommender import Recommender
 from server.service import RecommenderService
+from server.tls import check_pair, server_credentials
 
-__all__ = ["ServerConfig", "main", "serve"]
+__all__ = ["Security", "ServerConfig", "main", "serve"]
 
 log = logging.getLogger("rbm-serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -63,6 +65,11 @@ class ServerConfig:
     metrics_port: int | None = None  # None: no /metrics endpoint; 0 picks a free port
     torch_threads: int = 1  # one beat two on a 2-core host: the event loop needs the other
     grace_s: float = 5.0
+    # Paths only: the secrets themselves never enter the config, which is logged.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: mutual TLS, a client certificate it signed required
+    auth_token_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -82,6 +89,9 @@ class ServerConfig:
         if self.poll_interval_s <= 0 or self.torch_threads < 1:
             raise ValueError("poll interval must be > 0 and torch threads >= 1")
         BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
+        check_pair(self.tls_cert, self.tls_key)
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
 
     def torch_device(self) -> torch.device:
         """The device to serve on."""
@@ -90,14 +100,28 @@ class ServerConfig:
         return torch.device(self.device)
 
 
-def _redact(url: str) -> str:
-    # Never log a password: redis://user:secret@host -> redis://user:***@host
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}"
+@dataclass(frozen=True)
+class Security:
+    """TLS credentials and the bearer token, read from the files a ``ServerConfig`` names."""
+
+    credentials: grpc.ServerCredentials | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, config: ServerConfig) -> Security:
+        """Read and check every file now, before binding; ValueError names what is wrong."""
+        credentials = None
+        if config.tls_cert and config.tls_key:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        return cls(credentials, load_token(config.auth_token_file))
+
+    def describe(self, config: ServerConfig) -> str:
+        """How callers are authenticated, for the start-up log (never the secrets)."""
+        transport = "plaintext"
+        if self.credentials is not None:
+            transport = "mutual TLS" if config.tls_client_ca else "TLS"
+        token = "required (health exempt)" if self.token else "off"
+        return f"gRPC transport {transport}; bearer token {token}; /metrics is plain HTTP"
 
 
 async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
@@ -106,9 +130,9 @@ async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
     client = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         await client.ping()
-        where = f"redis at {_redact(config.redis_url)}"
+        where = f"redis at {redact_url(config.redis_url)}"
     except (RedisError, OSError) as exc:
-        where = f"memory (no Redis answered at {_redact(config.redis_url)}: {exc}; retrying)"
+        where = f"memory (no Redis answered at {redact_url(config.redis_url)}: {exc}; retrying)"
     return (
         RedisHiddenCache(
             client,
@@ -190,17 +214,34 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
     return app
 
 
-async def serve(config: ServerConfig) -> None:
+_LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig, security: Security) -> int:
+    address = f"{config.host}:{config.port}"
+    if security.token and security.credentials is None and config.host not in _LOOPBACK:
+        log.warning("the bearer token travels in clear text: give --tls-cert and --tls-key")
+    if security.credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, security.credentials)
+
+
+async def serve(config: ServerConfig, security: Security | None = None) -> None:
     """Run the server until SIGTERM/SIGINT, then stop accepting, finish in-flight work, exit."""
+    if security is None:
+        security = Security.load(config)
     torch.set_num_threads(config.torch_threads)
-    server = grpc.aio.server()
+    interceptors = [TokenAuth(security.token)] if security.token else None
+    server = grpc.aio.server(interceptors=interceptors)
     app = await _build(config, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = _bind(server, config, security)
     await server.start()
     app.recommender.batcher.start()
     await app.set_health()
     watcher = asyncio.create_task(app.follow_alias(config.poll_interval_s), name="alias-watcher")
-    log.info("config: %s", {**dataclasses.asdict(config), "redis_url": _redact(config.redis_url)})
+    shown = {**dataclasses.asdict(config), "redis_url": redact_url(config.redis_url)}
+    log.info("config: %s", shown)
+    log.info("security: %s", security.describe(config))
     if config.metrics_port is not None:
         metrics_port = app.metrics.serve_http(config.metrics_port, config.host)
         print(f"metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
@@ -238,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host",
         default=env("RBMREC_HOST", d.host),
-        help="bind address (default loopback; $RBMREC_HOST)",
+        help="bind address, default loopback only; use 0.0.0.0 to listen on all interfaces "
+        "($RBMREC_HOST)",
     )
     p.add_argument(
         "--port",
@@ -288,8 +330,10 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=_env_int("RBMREC_METRICS_PORT"),
-        help="serve Prometheus /metrics on this port (0 picks one; default off)",
+        help="serve Prometheus /metrics on this port (0 picks one; default off); plain HTTP "
+        "on --host even with TLS ($RBMREC_METRICS_PORT)",
     )
+    _security_flags(p)
     p.add_argument("--log-level", default=env("RBMREC_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--log-format",
@@ -298,6 +342,32 @@ def _parser() -> argparse.ArgumentParser:
         help="json: one JSON object per log line",
     )
     return p
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument(
+        "--tls-cert",
+        default=env("RBMREC_TLS_CERT"),
+        metavar="PATH",
+        help="PEM certificate chain: serve TLS (with --tls-key; $RBMREC_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key", default=env("RBMREC_TLS_KEY"), metavar="PATH", help="($RBMREC_TLS_KEY)"
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=env("RBMREC_TLS_CLIENT_CA"),
+        metavar="PATH",
+        help="PEM CA: mutual TLS, clients need a certificate it signed ($RBMREC_TLS_CLIENT_CA)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=env("RBMREC_AUTH_TOKEN_FILE"),
+        metavar="PATH",
+        help="require 'authorization: Bearer <token in this file>' on every RPC but health "
+        "($RBMREC_AUTH_TOKEN_FILE; else the token itself in $RBMREC_AUTH_TOKEN)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,12 +392,18 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             cache_capacity=args.cache_capacity,
             metrics_port=args.metrics_port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_token_file=args.auth_token_file,
         )
+        security = Security.load(config)
     except ValueError as exc:
         print(f"rbm-serve: error: {exc}", file=sys.stderr)
         return 2
     try:
-        uvloop.run(serve(config))  # a faster event loop: the server is bound by Python time
+        # uvloop: a faster event loop, since the server is bound by Python time
+        uvloop.run(serve(config, security))
     except RuntimeError as exc:  # e.g. the port is taken
         print(f"rbm-serve: error: {exc}", file=sys.stderr)
         return 1
