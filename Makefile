@@ -7,7 +7,7 @@ SHARED_DATA := $(wildcard $(CURDIR)/../shared/movielens)
 export RBMREC_DATA ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(CURDIR)/data)
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install proto demo test lint typecheck unit clean
+.PHONY: install proto demo test lint typecheck unit soak clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ unit: install
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# Ten minutes of mixed load at concurrency 128 (SOAK_SECONDS, SOAK_CONCURRENCY to change).
+soak: install
+	$(BIN)/pytest -q -s -m soak tests/soak
 
 clean:
 	rm -rf $(VENV) rbmrec .demo .mypy_cache .ruff_cache .pytest_cache

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -64,6 +71,18 @@ class _StateCollector(Collector):
         yield version
 
 
+class _LoopCollector(Collector):
+    """Tasks alive on the event loop: one per in-flight RPC plus a few fixed ones."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def collect(self) -> Iterator[Metric]:
+        # Scraped from the HTTP thread; all_tasks() retries if the loop changes the set.
+        tasks = len(asyncio.all_tasks(self.loop))
+        yield GaugeMetricFamily("rbmrec_event_loop_tasks", "tasks on the event loop", value=tasks)
+
+
 class RpcTimer:
     """Times one RPC; set ``code`` before the block ends if the RPC did not succeed."""
 
@@ -105,12 +124,14 @@ class Metrics:
             "rbmrec_batch_size", "requests per model pass", buckets=_BATCH_BUCKETS, registry=r
         )
         self.updates = Counter("rbmrec_rating_updates", "rating updates", ["result"], registry=r)
+        ProcessCollector(registry=r)  # resident memory, CPU, open fds: what a leak shows in
         self._latency_children: dict[str, Any] = {}
         self._request_children: dict[tuple[str, str], Any] = {}
 
     def watch(self, state: Callable[[], ServerState]) -> None:
-        """Export the live state that other parts keep (cache, reloads, queue, version)."""
+        """Export the live state that other parts keep; call it on the server's event loop."""
         self.registry.register(_StateCollector(state))
+        self.registry.register(_LoopCollector(asyncio.get_running_loop()))
 
     def rpc(self, method: str) -> RpcTimer:
         """Count and time one RPC: ``with metrics.rpc("Recommend") as call: ...``."""

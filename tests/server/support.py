@@ -91,10 +91,14 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    """A redis-server of the test's own on a free loopback port; only it is ever stopped."""
+    """A redis-server of the test's own on a free loopback port; only it is ever stopped.
 
-    def __init__(self, tmp: Path) -> None:
-        self.port, self.dir = free_port(), tmp
+    Append-only with ``appendfsync always`` by default: an XADD that Redis confirmed is
+    on disk, so even SIGKILL loses no acknowledged rating (the deployment's setting too).
+    """
+
+    def __init__(self, tmp: Path, fsync: str = "always") -> None:
+        self.port, self.dir, self.fsync = free_port(), tmp, fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -113,6 +117,8 @@ class OwnRedis:
                 "",
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                self.fsync,
                 "--dir",
                 str(self.dir),
             ],
@@ -129,8 +135,16 @@ class OwnRedis:
             return False
 
     def stop(self) -> None:
+        """Shut it down (SIGTERM)."""
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """Kill it with SIGKILL: no shutdown, no final flush."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 
