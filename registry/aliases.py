@@ -59,6 +59,10 @@ def read_alias(model_dir: Path, alias: str) -> int | None:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise RegistryError(
+            f"alias file {path} is corrupt: not UTF-8 text", ErrorCode.CORRUPT
+        ) from None
     if not text.isdigit() or int(text) < 1:
         raise RegistryError(
             f"alias file {path} is corrupt: expected a version number, found {text[:40]!r}",

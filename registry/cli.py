@@ -177,6 +177,13 @@ def run(argv: Sequence[str] | None = None, hooks: ModelHooks | None = None) -> i
         output = handler(registry, args, hooks or default_hooks())
     except RegistryError as exc:
         return _fail(exc)
+    except UnicodeDecodeError as exc:  # a registry text file (an alias, ...) holds binary junk
+        return _fail(
+            RegistryError(
+                f"a file under {registry.root} is not UTF-8 text, the registry is corrupt: {exc}",
+                ErrorCode.CORRUPT,
+            )
+        )
     print(json.dumps(output.data, indent=2, ensure_ascii=False) if args.json else output.text)
     return 0 if output.error is None else _fail(output.error)
 

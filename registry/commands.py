@@ -175,11 +175,16 @@ def cmd_history(reg: FileRegistry, args: argparse.Namespace, hooks: ModelHooks) 
 
 
 def cmd_verify(reg: FileRegistry, args: argparse.Namespace, hooks: ModelHooks) -> Output:
+    results, corrupt, broken = [], [], []
     if args.ref is None:
         versions = [info.version for info in reg.list_versions(args.model)]
+        corrupt += [  # an alias left pointing at nothing would break whoever follows it
+            f"alias {alias!r} points to version {target}, which does not exist"
+            for alias, target in reg.aliases(args.model).items()
+            if target not in versions
+        ]
     else:
         versions = [reg.resolve(args.model, args.ref).version]
-    results, corrupt, broken = [], [], []
     for version in versions:
         report = reg.verify(args.model, version)
         smoke = "skipped"

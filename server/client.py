@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,6 +23,30 @@ from server.tls import channel_credentials
 __all__ = ["main"]
 
 
+def _bounded_int(bits: int) -> Callable[[str], int]:
+    """An argparse type for a signed integer that fits the proto's ``bits``-bit field."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} does not fit a {bits}-bit integer")
+        return value
+
+    parse.__name__ = f"int{bits}"  # argparse names the type in its error message
+    return parse
+
+
+_int32, _int64 = _bounded_int(32), _bounded_int(64)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds > 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rbm-client", description="Call an rbmrec server.")
     p.add_argument(
@@ -29,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("RBMREC_TARGET", "127.0.0.1:50051"),
         help="host:port of the server ($RBMREC_TARGET)",
     )
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    p.add_argument("--timeout", type=_positive, default=10.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.add_argument("--tls-ca", metavar="PATH", help="PEM CA to trust: connect with TLS")
     p.add_argument("--tls-cert", metavar="PATH", help="PEM client certificate, for mutual TLS")
@@ -43,17 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="top-n movies for a user")
-    rec.add_argument("--user", type=int, required=True)
-    rec.add_argument("-n", "--n", type=int, default=10)
+    rec.add_argument("--user", type=_int64, required=True)
+    rec.add_argument("-n", "--n", type=_int32, default=10)
     rec.add_argument("--include-rated", action="store_true")
     rate = sub.add_parser("rate", help="stream one rating update")
-    rate.add_argument("--user", type=int, required=True)
-    rate.add_argument("--movie", type=int, required=True)
+    rate.add_argument("--user", type=_int64, required=True)
+    rate.add_argument("--movie", type=_int64, required=True)
     rate.add_argument("--rating", type=float, required=True)
-    rate.add_argument("--timestamp", type=int, default=0, help="Unix seconds (default now)")
+    rate.add_argument("--timestamp", type=_int64, default=0, help="Unix seconds (default now)")
     pred = sub.add_parser("predict", help="predicted ratings of some movies for a user")
-    pred.add_argument("--user", type=int, required=True)
-    pred.add_argument("--movies", type=int, nargs="+", required=True)
+    pred.add_argument("--user", type=_int64, required=True)
+    pred.add_argument("--movies", type=_int64, nargs="+", required=True)
     sub.add_parser("info", help="the model being served")
     return p
 
@@ -123,7 +148,10 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
                 f"  (movie {m['movie_id']}, score {m['score']:.3f})"
             )
     elif command == "rate":
-        print("accepted" if out["accepted"] else f"rejected: {out['error']}")
+        if out["accepted"]:
+            print("accepted")
+        else:
+            print(f"rbm-client: rejected: {out['error']}", file=sys.stderr)
     else:
         for key, value in (out["ratings"] if command == "predict" else out).items():
             print(f"{key}: {value}")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -18,10 +19,13 @@ import torch
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.connection import parse_url
 from redis.exceptions import RedisError
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from registry.errors import RegistryError
+from registry.names import check_alias, check_model_name
 from registry.store import FileRegistry, resolve_root
 from server.auth import TokenAuth, load_token
 from server.backends import BACKENDS
@@ -86,8 +90,13 @@ class ServerConfig:
             raise ValueError(f"metrics port must be in 0..65535, got {self.metrics_port}")
         if self.cache_capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {self.cache_capacity}")
-        if self.poll_interval_s <= 0 or self.torch_threads < 1:
-            raise ValueError("poll interval must be > 0 and torch threads >= 1")
+        if not math.isfinite(self.poll_interval_s) or self.poll_interval_s <= 0:
+            raise ValueError(f"poll interval must be a number > 0, got {self.poll_interval_s}")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch threads must be >= 1, got {self.torch_threads}")
+        _check_names(self.model, self.alias)
+        if self.cache == "redis":
+            _check_redis_url(self.redis_url)
         BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
         check_pair(self.tls_cert, self.tls_key)
         if self.tls_client_ca and not self.tls_cert:
@@ -122,6 +131,22 @@ class Security:
             transport = "mutual TLS" if config.tls_client_ca else "TLS"
         token = "required (health exempt)" if self.token else "off"
         return f"gRPC transport {transport}; bearer token {token}; /metrics is plain HTTP"
+
+
+def _check_names(model: str, alias: str) -> None:
+    """A name the registry can never hold is a configuration error, not a wait."""
+    try:
+        check_model_name(model)
+        check_alias(alias)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(f"--redis-url {redact_url(url)} is not a Redis URL: {exc}") from None
 
 
 async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
@@ -180,8 +205,11 @@ class _App:
         """Reload when the registry alias moves (cancel the task to stop)."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.holder.refresh()
-            await self.set_health()
+            try:
+                await self.holder.refresh()
+                await self.set_health()
+            except Exception:  # a surprise must not end following the alias for good
+                log.exception("following the alias failed; trying again")
 
 
 async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
@@ -232,9 +260,17 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
         security = Security.load(config)
     torch.set_num_threads(config.torch_threads)
     interceptors = [TokenAuth(security.token)] if security.token else None
-    server = grpc.aio.server(interceptors=interceptors)
+    # No SO_REUSEPORT: a second server on a taken port must fail, not split the traffic.
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     app = await _build(config, server)
     port = _bind(server, config, security)
+    if config.metrics_port is not None:
+        try:
+            metrics_port = app.metrics.serve_http(config.metrics_port, config.host)
+        except OSError as exc:
+            where = f"port {config.metrics_port}"
+            raise RuntimeError(f"cannot serve metrics on {where}: {exc}") from None
+        print(f"metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
     await server.start()
     app.recommender.batcher.start()
     await app.set_health()
@@ -242,9 +278,6 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
     shown = {**dataclasses.asdict(config), "redis_url": redact_url(config.redis_url)}
     log.info("config: %s", shown)
     log.info("security: %s", security.describe(config))
-    if config.metrics_port is not None:
-        metrics_port = app.metrics.serve_http(config.metrics_port, config.host)
-        print(f"metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
     version = app.holder.engine.version if app.holder.engine else "none yet"
     print(
         f"serving {config.model}@{config.alias} version {version} on {config.host}:{port}",
@@ -334,7 +367,13 @@ def _parser() -> argparse.ArgumentParser:
         "on --host even with TLS ($RBMREC_METRICS_PORT)",
     )
     _security_flags(p)
-    p.add_argument("--log-level", default=env("RBMREC_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        default=env("RBMREC_LOG_LEVEL", "INFO"),
+        help="($RBMREC_LOG_LEVEL)",
+    )
     p.add_argument(
         "--log-format",
         choices=("text", "json"),

@@ -100,6 +100,12 @@ class _UserState:
     key: CacheKey
 
 
+def _check_user(user_id: int) -> None:
+    # MovieLens ids start at 1, and 0 is what a request that forgot user_id carries.
+    if user_id <= 0:
+        raise InvalidArgument(f"user_id must be positive, got {user_id}")
+
+
 class Recommender:
     """Answers Recommend, PredictRatings and rating updates on the holder's current engine."""
 
@@ -128,6 +134,7 @@ class Recommender:
 
     async def recommend(self, job: RecommendJob, timeout_s: float | None = None) -> Served:
         """Top-n movies for a user, computed in a batch with concurrent requests."""
+        _check_user(job.user_id)
         if not 1 <= job.n <= MAX_N:
             raise InvalidArgument(f"n must be between 1 and {MAX_N}, got {job.n}")
         result = await self.batcher.submit(job, timeout_s)
@@ -138,6 +145,7 @@ class Recommender:
 
     async def predict(self, job: PredictJob, timeout_s: float | None = None) -> Predicted:
         """Predicted rating of each movie for the user, in request order."""
+        _check_user(job.user_id)
         if len(job.movie_ids) > MAX_PREDICT:
             raise InvalidArgument(
                 f"at most {MAX_PREDICT} movie_ids per request, got {len(job.movie_ids)}"
@@ -251,8 +259,7 @@ class Recommender:
 
     @staticmethod
     def _validate(engine: Engine, record: RatingRecord) -> tuple[int, int]:
-        if record.user_id <= 0:
-            raise InvalidArgument(f"user_id must be positive, got {record.user_id}")
+        _check_user(record.user_id)
         movie = engine.movie_index.get(record.movie_id)
         if movie is None:
             raise NotFound(f"movie {record.movie_id} is not in model version {engine.version}")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -38,8 +39,29 @@ _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
 
 
 def status_for(exc: ServiceError) -> grpc.StatusCode:
-    """The gRPC status code for a domain error."""
-    return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+    """The gRPC status code for a domain error (a subclass maps like its nearest base)."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class _Unparsable(InvalidArgument):
+    """A streamed message that does not parse; only ``_parsed`` raises it."""
+
+
+async def _parsed(requests: AsyncIterator[pb.RatingUpdate]) -> AsyncIterator[pb.RatingUpdate]:
+    # grpc parses a streamed message when the handler asks for it, so a DecodeError surfaces
+    # here, in our code; left alone it would end the call as UNKNOWN "Unexpected DecodeError".
+    count = 0
+    try:
+        async for update in requests:
+            count += 1
+            yield update
+    except DecodeError as exc:
+        raise _Unparsable(
+            f"update {count + 1} of the stream is not a valid RatingUpdate message: {exc}"
+        ) from exc
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
@@ -104,24 +126,28 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         """Validate and store each update, acknowledging in order.
 
         A bad update gets ``accepted=false`` and the stream goes on; if an update cannot be
-        stored durably the stream ends with UNAVAILABLE, so no unstored update is acked.
+        stored durably the stream ends with UNAVAILABLE, so no unstored update is acked. An
+        update that is not a RatingUpdate message at all ends the stream with INVALID_ARGUMENT.
         """
         with self.metrics.rpc("UpdateRatings") as call:
-            async for update in request_iterator:
-                record = RatingRecord(
-                    update.user_id, update.movie_id, update.rating, update.timestamp
-                )
-                try:
-                    await self.recommender.update(record)
-                except (InvalidArgument, NotFound) as exc:
-                    self.metrics.updates.labels("rejected").inc()
-                    yield pb.RatingAck(accepted=False, error=str(exc))
-                    continue
-                except ServiceError as exc:
-                    self.metrics.updates.labels("unavailable").inc()
-                    await self._fail(call, context, exc)
-                self.metrics.updates.labels("accepted").inc()
-                yield pb.RatingAck(accepted=True)
+            try:
+                async for update in _parsed(request_iterator):
+                    record = RatingRecord(
+                        update.user_id, update.movie_id, update.rating, update.timestamp
+                    )
+                    try:
+                        await self.recommender.update(record)
+                    except (InvalidArgument, NotFound) as exc:
+                        self.metrics.updates.labels("rejected").inc()
+                        yield pb.RatingAck(accepted=False, error=str(exc))
+                        continue
+                    except ServiceError as exc:
+                        self.metrics.updates.labels("unavailable").inc()
+                        await self._fail(call, context, exc)
+                    self.metrics.updates.labels("accepted").inc()
+                    yield pb.RatingAck(accepted=True)
+            except _Unparsable as exc:
+                await self._fail(call, context, exc)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]

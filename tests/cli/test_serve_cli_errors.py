@@ -1,0 +1,210 @@
+"""rbm-serve on bad flags and settings: exit non-zero with one line on stderr, no traceback.
+
+Settings ServerConfig checks are run in-process with ``serve`` replaced (it must not be
+reached); what only fails while starting runs the real console script. Cases marked xfail
+are bugs of server/main.py, which this work may not change: each reason says what happens.
+They are strict, so the day main.py is fixed they pass and the mark has to go.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import server.main
+from tests.cli.support import assert_one_line_error, assert_usage_error
+from tests.conftest import BIN
+
+PROG = "rbm-serve"
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> list[str]:
+    """Flags for a server on a free port that needs no Redis; its registry does not exist."""
+    return ["--cache", "memory", "--registry", str(tmp_path / "no-registry"), "--port", "0"]
+
+
+@pytest.fixture
+def never_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() must refuse before serving, and must not reconfigure this process's logging."""
+    monkeypatch.setattr(server.main, "serve", _must_not_serve)
+    monkeypatch.setattr(server.main, "configure_logging", lambda level, fmt: None)
+
+
+def _must_not_serve(*args: object) -> None:
+    raise AssertionError("main() went on to serve")
+
+
+@pytest.mark.usefixtures("never_serves")
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--max-batch-size", "0"], "max_batch_size must be >= 1, got 0"),
+        (["--max-batch-size", "-1"], "max_batch_size must be >= 1, got -1"),
+        (["--port", "-1"], "port must be in 0..65535, got -1"),
+        (["--port", "65536"], "port must be in 0..65535, got 65536"),
+        (["--max-queue", "0"], "max_queue"),
+        (["--max-batch-wait-us", "-1"], "max_wait_us"),
+        (["--cache-capacity", "0"], "cache capacity"),
+        (["--poll-interval", "0"], "poll interval"),
+        (["--metrics-port", "70000"], "metrics port"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_a_bad_setting_exits_2_with_one_line(
+    offline: list[str], flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert server.main.main([*offline, *flags]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert_one_line_error(out.err, PROG, says)
+
+
+@pytest.mark.usefixtures("never_serves")
+@pytest.mark.parametrize(
+    "flags",
+    [["--port", "abc"], ["--max-batch-size", "1.5"], ["--backend", "tpu"], ["--bogus"]],
+    ids=" ".join,
+)
+def test_a_bad_command_line_is_a_usage_error(
+    offline: list[str], flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        server.main.main([*offline, *flags])
+    assert_usage_error(exited.value.code, capsys.readouterr().err, PROG)
+
+
+@pytest.mark.usefixtures("never_serves")
+def test_a_nan_poll_interval_exits_2(offline: list[str]) -> None:
+    assert server.main.main([*offline, "--poll-interval", "nan"]) == 2
+
+
+# -- the real console script ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    """How an rbm-serve process ended: by itself, or killed once it said it was serving."""
+
+    code: int
+    served: bool
+    out: str
+    err: str
+
+
+def _serve(*flags: str, timeout_s: float = 60) -> Outcome:
+    """Start rbm-serve; wait until it exits or prints its "serving" line (then stop it)."""
+    with (
+        tempfile.TemporaryFile("w+") as err,
+        subprocess.Popen(
+            [str(BIN / PROG), "--log-level", "ERROR", *flags],  # warnings are not errors
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=dict(os.environ),
+        ) as proc,
+    ):
+        watchdog = threading.Timer(timeout_s, proc.kill)  # neither exits nor serves: a hang
+        watchdog.start()
+        assert proc.stdout is not None
+        lines, served = [], False
+        for line in proc.stdout:  # ends when the process closes stdout, i.e. exits
+            lines.append(line)
+            if line.startswith("serving "):
+                served = True
+                proc.terminate()
+                break
+        proc.wait()
+        watchdog.cancel()
+        err.seek(0)
+        return Outcome(proc.returncode, served, "".join(lines), err.read())
+
+
+def test_the_console_script_exits_2_for_a_zero_batch_size(offline: list[str]) -> None:
+    ran = _serve(*offline, "--max-batch-size", "0")
+    assert ran.code == 2 and not ran.served
+    assert_one_line_error(ran.err, PROG, "max_batch_size")
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    """A plain TCP listener on a free loopback port, as another program would hold it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def port_taken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """rbm-serve started on a port a plain TCP listener holds (once for the tests below)."""
+    registry = tmp_path_factory.mktemp("port-taken") / "no-registry"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        yield _serve("--cache", "memory", "--registry", str(registry), "--port", port)
+
+
+def test_a_taken_port_exits_1_without_a_traceback(port_taken: Outcome) -> None:
+    assert port_taken.code == 1 and not port_taken.served
+    assert "Traceback" not in port_taken.err
+    last = port_taken.err.strip().splitlines()[-1]
+    assert last.startswith(f"{PROG}: error: ") and "bind" in last, port_taken.err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="grpc core logs its own 'E... add_port.cc] Failed to add port' line before ours",
+)
+def test_a_taken_port_is_reported_in_one_line(port_taken: Outcome) -> None:
+    assert_one_line_error(port_taken.err, PROG, "bind")
+
+
+def test_a_port_another_server_holds_is_refused(offline: list[str]) -> None:
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        ran = _serve(*offline, "--port", str(other.getsockname()[1]))
+    assert not ran.served and ran.code != 0
+
+
+def test_a_taken_metrics_port_exits_with_one_line(
+    offline: list[str], listening: socket.socket
+) -> None:
+    ran = _serve(*offline, "--metrics-port", str(listening.getsockname()[1]))
+    assert ran.code != 0
+    assert_one_line_error(ran.err, PROG, "metrics")
+
+
+def test_a_malformed_redis_url_exits_2_with_one_line(tmp_path: Path) -> None:
+    ran = _serve("--port", "0", "--registry", str(tmp_path), "--redis-url", "not-a-url")
+    assert ran.code == 2
+    assert_one_line_error(ran.err, PROG, "not-a-url")
+
+
+def test_an_unknown_log_level_is_a_usage_error(offline: list[str]) -> None:
+    ran = _serve(*offline, "--log-level", "LOUD")
+    assert_usage_error(ran.code, ran.err, PROG)
+    assert "LOUD" in ran.err.strip().splitlines()[-1]
+
+
+# A missing registry or an alias not set yet is not an error: the server starts NOT_SERVING
+# and loads the model once a trainer promotes one (a pod may start before its trainer).
+# A name the registry can never hold is one:
+@pytest.mark.parametrize("flags", [["--alias", "Bad Alias"], ["--model", "../up"]], ids=" ".join)
+def test_an_impossible_model_or_alias_name_exits_2(flags: list[str], tmp_path: Path) -> None:
+    ran = _serve("--port", "0", "--cache", "memory", "--registry", str(tmp_path), *flags)
+    assert ran.code == 2 and not ran.served
+    assert_one_line_error(ran.err, PROG, flags[1])
+
+
+def _write_weights(directory: Path) -> None:
+    (directory / "weights").write_bytes(b"stand-in")
