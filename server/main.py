@@ -23,7 +23,6 @@ from redis.connection import parse_url
 from redis.exceptions import RedisError
 
 from rbmrec.v1 import recommender_pb2 as pb
-from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from registry.errors import RegistryError
 from registry.names import check_alias, check_model_name
 from registry.store import FileRegistry, resolve_root
@@ -37,7 +36,7 @@ from server.metrics import Metrics, ServerState
 from server.model_holder import ModelHolder
 from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
 from server.recommender import Recommender
-from server.service import RecommenderService
+from server.service import RecommenderService, add_to_server
 from server.tls import check_pair, server_credentials
 
 __all__ = ["Security", "ServerConfig", "main", "serve"]
@@ -231,9 +230,7 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
     recommender.batcher.on_batch = metrics.batch_size.observe
     app = _App(holder, cache, recommender, metrics, health.aio.HealthServicer())  # type: ignore[attr-defined]
     metrics.watch(app.state)
-    pb_grpc.add_RecommenderServicer_to_server(
-        RecommenderService(recommender, config.model, config.alias, metrics), server
-    )
+    add_to_server(RecommenderService(recommender, config.model, config.alias, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

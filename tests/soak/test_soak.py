@@ -24,7 +24,7 @@ from tests.conftest import ROOT, TrainedModel
 from tests.server.conftest import start_server
 from tests.server.support import metric
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak]
 
 DURATION_S = float(os.environ.get("SOAK_SECONDS", "600"))
 CONCURRENCY = int(os.environ.get("SOAK_CONCURRENCY", "128"))
@@ -90,6 +90,7 @@ def _summary(tally: Tally, seconds: float, rss: tuple[float, float]) -> dict[str
     }
 
 
+@pytest.mark.timeout(DURATION_S * 2 + 900)  # the suite's 300 s is for ordinary tests
 def test_soak(trained: TrainedModel, redis_prefix: str) -> None:
     extra = ("--redis-prefix", redis_prefix, "--metrics-port", "0")
     warmup = min(30.0, DURATION_S / 10)
