@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -64,13 +63,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         stranger_cert=_write(stranger.cert_chain_pems[0], d / "stranger.pem"),
         stranger_key=_write(stranger.private_key_pem, d / "stranger.key"),
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

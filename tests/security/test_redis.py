@@ -12,7 +12,8 @@ import redis
 
 from server.logs import redact_url
 from tests.conftest import TrainedModel
-from tests.security.conftest import Certs, Served, free_port, own_redis, rate_once, serve_capturing
+from tests.security.conftest import Certs, Served, own_redis, rate_once, serve_capturing
+from tests.server.support import free_port
 
 
 @pytest.fixture
