@@ -94,9 +94,10 @@ def checkpoint_tensors(s: Shape) -> dict[str, int]:
 
 
 def scorer_copies(s: Shape) -> int:
-    """Bytes rbm/scoring.py's Scorer adds: its own contiguous Wᵀ, per-user item weights, ..."""
+    """Bytes rbm/scoring.py's Scorer adds: its own contiguous Wᵀs, per-user item weights, ..."""
     km, ku = s.levels * s.movies, s.levels * s.users
     copied = km * s.hidden + km + s.movies + s.levels  # Wᵀ, visible bias, log P(rated), levels
+    copied += s.movies * s.hidden_implicit  # the implicit RBM's Wᵀ
     copied += ku * s.hidden_item + ku + s.movies * s.hidden_item  # item weights, bias, hiddenᵀ
     return copied * F32
 
@@ -115,7 +116,7 @@ def serving_memory(s: Shape) -> dict[str, float]:
     """Bytes one rbm-serve replica holds (torch backend, CPU), steady and during a reload."""
     km = s.levels * s.movies
     checkpoint = sum(checkpoint_tensors(s).values())
-    # rbm/scoring.py's Scorer keeps its own contiguous copies: Wᵀ, the per-user item weights,
+    # rbm/scoring.py's Scorer keeps its own contiguous copies: both Wᵀs, the per-user item weights,
     # their biases and the movies' item-hidden states transposed.
     scorer = scorer_copies(s)
     python = (

@@ -39,7 +39,7 @@ class Scorer(nn.Module):
     visible_bias: Tensor
     levels: Tensor
     log_rated: Tensor
-    implicit_weights: Tensor
+    implicit_weights_t: Tensor
     implicit_visible_bias: Tensor
     item_weights: Tensor
     item_bias: Tensor
@@ -73,7 +73,8 @@ class Scorer(nn.Module):
         # Buffers, so that .to(device) and the ONNX export see them.
         self.has_implicit = implicit is not None
         if implicit is not None:
-            self.register_buffer("implicit_weights", implicit.weights.to(like))
+            # (F', M) contiguous, like weights_t: addmm on it beat the transposed view.
+            self.register_buffer("implicit_weights_t", implicit.weights.t().contiguous().to(like))
             self.register_buffer("implicit_visible_bias", implicit.visible_bias.to(like))
         self.blend = 0.0 if item is None else item.blend
         if item is not None:
@@ -96,24 +97,42 @@ class Scorer(nn.Module):
         return score, expected
 
     def rank(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
-        """Ranking scores and the user-based RBM's expected ratings, for every movie.
+        """Ranking scores and the user-based RBM's expected ratings, for every movie."""
+        score, logits = self.score_logits(hidden_pre)
+        return score, self._expected(logits)
 
-        The ranking comes from the user-based and implicit RBMs only; the item-based RBM
-        refines predicted ratings, which the server needs only for the movies it returns
-        (``blend_at``), so its full (B, K, M) pass is left out of the hot path.
+    def score_logits(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Ranking scores (B, M) and the rating-level logits (B, K, M) they came from.
+
+        The serving path ranks on the scores and then needs expected ratings only at the
+        movies it returns (``expected_at``): a (B, K, n) softmax instead of a (B, K, M) one.
+        The item-based RBM, which refines predicted ratings only, is likewise left to
+        ``blend_at``.
         """
         batch = hidden_pre.shape[0]
         hidden = torch.sigmoid(hidden_pre[:, : self.n_hidden])  # (B, F)
-        logits = torch.addmm(self.visible_bias, hidden, self.weights_t)  # (B, K*M)
-        probs = torch.softmax(logits.view(batch, self.n_levels, -1), dim=1)  # (B, K, M)
-        expected = (probs * self.levels).sum(dim=1)  # (B, M)
+        logits = torch.addmm(self.visible_bias, hidden, self.weights_t).view(
+            batch, self.n_levels, -1
+        )  # (B, K, M)
         if self.ranking == "expected_rating":
-            return expected, expected
+            return self._expected(logits), logits
         log_rated = self._log_rated(hidden_pre[:, self.n_hidden :])  # (B, M) or (M,)
         if self.ranking == "rated":
-            return log_rated.expand_as(expected), expected
-        liked = probs[:, self.liked_from :, :].sum(dim=1)  # (B, M)
-        return torch.log(liked.clamp_min(1e-30)) + log_rated, expected
+            return log_rated.expand(batch, -1), logits
+        # log P(rating >= 4): two log-sum-exps over levels, stable where softmax-then-log
+        # underflows, and one pass fewer over the (B, K, M) logits.
+        log_liked = torch.logsumexp(logits[:, self.liked_from :, :], dim=1) - torch.logsumexp(
+            logits, dim=1
+        )
+        return log_liked + log_rated, logits
+
+    def expected_at(self, logits: Tensor, movies: Tensor) -> Tensor:
+        """The user-based RBM's expected ratings at ``movies`` (B, n), from ``score_logits``."""
+        picked = torch.gather(logits, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
+        return self._expected(picked)  # (B, n)
+
+    def _expected(self, logits: Tensor) -> Tensor:
+        return (torch.softmax(logits, dim=1) * self.levels).sum(dim=1)
 
     def blend_at(self, expected: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
         """Blend the item-based RBM into user-based expected ratings at ``movies``: (B, n)."""
@@ -139,7 +158,7 @@ class Scorer(nn.Module):
         if not self.has_implicit:
             return self.log_rated
         p_h = torch.sigmoid(implicit_pre)  # (B, F')
-        logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights.t())
+        logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights_t)
         return log_sigmoid(logits)  # (B, M)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from server.backends import BlendFn, ScoreFn, make_score_fn
+from server.backends import ScorePass, make_score_pass
 
 __all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
 
@@ -74,17 +74,15 @@ class Engine:
         ckpt: Checkpoint,
         version: str,
         device: torch.device,
-        score_fn: ScoreFn,
+        scoring: ScorePass,
         backend: str = "torch",
-        blend_fn: BlendFn | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.version = version
         self.device = device
         self.backend = backend
         self.config = ckpt.config
-        self.score_fn = score_fn
-        self.blend_fn = blend_fn  # blends the item-based RBM in at the movies served
+        self.scoring = scoring
         self.params = ckpt.params.to(device)
         self.implicit = None if ckpt.implicit is None else ckpt.implicit.to(device)
         self.hidden_width = ckpt.hidden_width
@@ -101,8 +99,8 @@ class Engine:
     ) -> Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
         ckpt = load_checkpoint(directory)
-        score_fn, blend_fn = make_score_fn(backend, ckpt, directory, device)
-        engine = cls(ckpt, version, device, score_fn, backend, blend_fn)
+        scoring = make_score_pass(backend, ckpt, directory, device)
+        engine = cls(ckpt, version, device, scoring, backend)
         nobody = UserRatings(_EMPTY, _EMPTY)
         engine.run([-1], [engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
         return engine
@@ -172,27 +170,23 @@ class Engine:
         """
         h = torch.stack(list(hidden_pre)).to(self.device)  # (B, F)
         item_rows = torch.tensor([self.user_row.get(u, -1) for u in user_ids], device=self.device)
-        scores, expected = self.score_fn(h, item_rows)  # (B, M) each
+        scores, state = self.scoring.score(h, item_rows)  # (B, M) and the pass's state
         top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
-        tops = (
-            self._top_n(scores, expected, item_rows, rated, queries, top_rows) if top_rows else {}
-        )
+        tops = self._top_n(scores, state, item_rows, rated, queries, top_rows) if top_rows else {}
         out: list[Recommendation | list[float]] = []
         for b, q in enumerate(queries):
             if isinstance(q, TopNQuery):
                 out.append(tops[b])
             else:
-                idx = torch.tensor(q.movies, dtype=torch.int64, device=self.device)
-                at = expected[b, idx].unsqueeze(0)  # (1, n)
-                if self.blend_fn is not None:
-                    at = self.blend_fn(at, item_rows[b : b + 1], idx.unsqueeze(0))
+                idx = torch.tensor([q.movies], dtype=torch.int64, device=self.device)  # (1, n)
+                at = self.scoring.expected_at(state[b : b + 1], item_rows[b : b + 1], idx)
                 out.append(at[0].tolist())
         return out
 
     def _top_n(
         self,
         scores: Tensor,
-        expected: Tensor,
+        state: Tensor,
         item_rows: Tensor,
         rated: Sequence[UserRatings],
         queries: Sequence[Query],
@@ -200,26 +194,24 @@ class Engine:
     ) -> dict[int, Recommendation]:
         if len(rows) != len(queries):  # a mixed batch: rank only the Recommend rows
             sel = torch.tensor(rows, device=self.device)
-            scores, expected, item_rows = scores[sel], expected[sel], item_rows[sel]  # (R, ...)
+            scores, state, item_rows = scores[sel], state[sel], item_rows[sel]  # (R, ...)
         tops = [q for q in queries if isinstance(q, TopNQuery)]
-        cold = [not rated[b] for b in rows]
-        if any(cold):
-            cold_rows = torch.tensor(cold, device=self.device).unsqueeze(1)
-            scores = torch.where(cold_rows, self.popularity.expand_as(scores), scores)
-        masked = [r for r, q in enumerate(tops) if not q.include_rated and rated[rows[r]]]
+        user_rated = [rated[b] for b in rows]
+        if not all(user_rated):
+            cold_rows = torch.tensor([not r for r in user_rated], device=self.device)
+            scores = torch.where(cold_rows.unsqueeze(1), self.popularity.expand_as(scores), scores)
+        masked = [r for r, q in enumerate(tops) if not q.include_rated and user_rated[r]]
         if masked:
-            lengths = torch.tensor([len(rated[rows[r]]) for r in masked])
+            lengths = torch.tensor([len(user_rated[r]) for r in masked])
             mask_rows = torch.repeat_interleave(torch.tensor(masked), lengths)
-            mask_cols = torch.cat([rated[rows[r]].movies for r in masked])
+            mask_cols = torch.cat([user_rated[r].movies for r in masked])
             scores = scores.index_put(
                 (mask_rows.to(self.device), mask_cols.to(self.device)),
                 torch.tensor(-torch.inf, device=self.device),
             )
         k = min(max(q.n for q in tops), self.n_movies)
         top_s, top_i = torch.topk(scores, k, dim=1)  # (R, k)
-        top_e = torch.gather(expected, 1, top_i)
-        if self.blend_fn is not None:
-            top_e = self.blend_fn(top_e, item_rows, top_i)
+        top_e = self.scoring.expected_at(state, item_rows, top_i)
         s_list, i_list, e_list = top_s.tolist(), top_i.tolist(), top_e.tolist()  # one copy each
         out = {}
         for r, (b, q) in enumerate(zip(rows, tops, strict=True)):
