@@ -32,7 +32,6 @@ __all__ = [
     "Predicted",
     "RecommendJob",
     "Recommender",
-    "ScoredMovie",
     "Served",
 ]
 
@@ -65,21 +64,18 @@ Job = RecommendJob | PredictJob
 
 
 @dataclass(frozen=True)
-class ScoredMovie:
-    """One recommended movie in MovieLens ids."""
-
-    movie_id: int
-    score: float
-    predicted_rating: float
-    title: str
-
-
-@dataclass(frozen=True)
 class Served:
-    """A Recommend response and the version that computed it."""
+    """A Recommend response, best first, in columns, and the version that computed it.
+
+    Columns rather than one record per movie: the servicer copies them straight into the
+    protobuf message, and this is built for every request of every batch.
+    """
 
     version: str
-    movies: list[ScoredMovie]
+    movie_ids: list[int]
+    scores: list[float]
+    predicted: list[float]
+    titles: list[str]
 
 
 @dataclass(frozen=True)
@@ -197,10 +193,10 @@ class Recommender:
         titles, ids = engine.ckpt.titles, engine.movie_ids
         return Served(
             engine.version,
-            [
-                ScoredMovie(ids[m], s, p, titles[m])
-                for m, s, p in zip(out.movies, out.scores, out.predicted, strict=True)
-            ],
+            [ids[m] for m in out.movies],
+            out.scores,
+            out.predicted,
+            [titles[m] for m in out.movies],
         )
 
     # -- UpdateRatings ---------------------------------------------------------------------

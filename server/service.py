@@ -23,7 +23,7 @@ from server.errors import (
 )
 from server.metrics import Metrics, RpcTimer
 from server.ratings import RatingRecord
-from server.recommender import PredictJob, Recommender, RecommendJob
+from server.recommender import PredictJob, Recommender, RecommendJob, Served
 
 __all__ = ["RecommenderService", "status_for"]
 
@@ -122,6 +122,18 @@ def add_to_server(service: RecommenderService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
 
 
+def _recommend_response(served: Served) -> pb.RecommendResponse:
+    # add() on the repeated field is about twice as fast as building each ScoredMovie
+    # and passing the list, and this runs once per Recommend.
+    response = pb.RecommendResponse(model_version=served.version)
+    add = response.movies.add
+    for movie_id, score, predicted, title in zip(
+        served.movie_ids, served.scores, served.predicted, served.titles, strict=True
+    ):
+        add(movie_id=movie_id, score=score, predicted_rating=predicted, title=title)
+    return response
+
+
 class RecommenderService(pb_grpc.RecommenderServicer):
     """rbmrec.v1.Recommender over a ``Recommender``."""
 
@@ -155,16 +167,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 served = await self.recommender.recommend(job, context.time_remaining())
             except ServiceError as exc:
                 await self._fail(call, context, exc)
-            movies = [
-                pb.ScoredMovie(
-                    movie_id=m.movie_id,
-                    score=m.score,
-                    predicted_rating=m.predicted_rating,
-                    title=m.title,
-                )
-                for m in served.movies
-            ]
-            return pb.RecommendResponse(movies=movies, model_version=served.version)
+            return _recommend_response(served)
 
     async def PredictRatings(
         self,
