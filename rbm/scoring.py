@@ -39,7 +39,7 @@ class Scorer(nn.Module):
     visible_bias: Tensor
     levels: Tensor
     log_rated: Tensor
-    implicit_weights_t: Tensor
+    implicit_weights: Tensor
     implicit_visible_bias: Tensor
     item_weights: Tensor
     item_bias: Tensor
@@ -73,8 +73,7 @@ class Scorer(nn.Module):
         # Buffers, so that .to(device) and the ONNX export see them.
         self.has_implicit = implicit is not None
         if implicit is not None:
-            # (F', M) contiguous, like weights_t: addmm on it beat the transposed view.
-            self.register_buffer("implicit_weights_t", implicit.weights.t().contiguous().to(like))
+            self.register_buffer("implicit_weights", implicit.weights.to(like))
             self.register_buffer("implicit_visible_bias", implicit.visible_bias.to(like))
         self.blend = 0.0 if item is None else item.blend
         if item is not None:
@@ -158,7 +157,7 @@ class Scorer(nn.Module):
         if not self.has_implicit:
             return self.log_rated
         p_h = torch.sigmoid(implicit_pre)  # (B, F')
-        logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights_t)
+        logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights.t())
         return log_sigmoid(logits)  # (B, M)
 
 
