@@ -46,6 +46,14 @@ class Variant:
     args: tuple[str, ...]  # rbm-serve flags; () with name "echo" means the echo server
 
 
+@dataclass(frozen=True)
+class Running:
+    """A started server: its process and the address it serves on."""
+
+    proc: subprocess.Popen[str]
+    target: str
+
+
 def _variants(models: list[str]) -> list[Variant]:
     out = [Variant("echo", "ml-100k", ())]
     for model in models:
@@ -94,12 +102,21 @@ def _train(model: str, registry: Path, device: str) -> None:
 
 
 @contextlib.contextmanager
-def _server(variant: Variant, registry: Path, device: str) -> Iterator[str]:
+def _server(
+    variant: Variant, registry: Path, device: str, checkout: Path | None = None
+) -> Iterator[Running]:
+    """Start ``variant``; yield it once it says where it serves.
+
+    With ``checkout``, rbm-serve runs from that source tree (``python -m server.main``).
+    """
     if variant.name == "echo":
         cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
     else:
+        program = (
+            [str(BIN / "rbm-serve")] if checkout is None else [sys.executable, "-m", "server.main"]
+        )
         cmd = [
-            str(BIN / "rbm-serve"),
+            *program,
             "--port",
             "0",
             "--registry",
@@ -110,13 +127,15 @@ def _server(variant: Variant, registry: Path, device: str) -> Iterator[str]:
             device,
             *variant.args,
         ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=checkout
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             match = re.search(r"^serving .* on (\S+:\d+)$", line.strip())
             if match:
-                yield match.group(1)
+                yield Running(proc, match.group(1))
                 break
         else:
             raise RuntimeError(f"{variant.name} server did not start")
@@ -125,7 +144,9 @@ def _server(variant: Variant, registry: Path, device: str) -> Iterator[str]:
         proc.communicate(timeout=30)
 
 
-def _load(target: str, concurrency: int, duration: float, users: str) -> dict[str, float]:
+def _load(
+    target: str, concurrency: int, duration: float, users: str, warmup: float = 1.0
+) -> dict[str, float]:
     out = subprocess.run(
         [
             sys.executable,
@@ -138,6 +159,8 @@ def _load(target: str, concurrency: int, duration: float, users: str) -> dict[st
             str(duration),
             "--users",
             users,
+            "--warmup",
+            str(warmup),
         ],
         check=True,
         capture_output=True,
@@ -180,9 +203,9 @@ def main() -> None:
             f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>7}"
         )
         for variant in _variants(models):
-            with _server(variant, registries[variant.model], a.device) as target:
+            with _server(variant, registries[variant.model], a.device) as running:
                 for c in levels:
-                    r = _load(target, c, a.duration, users[variant.model])
+                    r = _load(running.target, c, a.duration, users[variant.model])
                     rows.append(
                         {"variant": variant.name, "model": variant.model, "concurrency": c, **r}
                     )
