@@ -4,8 +4,8 @@ For ml-25m and for 10x and 100x of it, two ways: everything grows (users, movies
 ratings) or only users and ratings (the catalogue stays at 59,047 movies). Every figure is
 computed from the inputs printed with it: the model's shapes (TrainConfig, the checkpoint
 layout of rbm/checkpoint.py and the serving copies of rbm/scoring.py), figures measured on
-the development machine (listed in MEASURED) and the serving benchmark in
-bench/results/serve.json. docs/scaling.md explains each step.
+the development machine (listed in MEASURED) and the serving benchmark run in
+bench/results/serve-2026-11-27.json. docs/scaling.md explains each step.
 
     python bench/capacity.py [--out bench/results/capacity.json]
 """
@@ -94,10 +94,9 @@ def checkpoint_tensors(s: Shape) -> dict[str, int]:
 
 
 def scorer_copies(s: Shape) -> int:
-    """Bytes rbm/scoring.py's Scorer adds: its own contiguous Wᵀs, per-user item weights, ..."""
+    """Bytes rbm/scoring.py's Scorer adds: its own contiguous Wᵀ, per-user item weights, ..."""
     km, ku = s.levels * s.movies, s.levels * s.users
     copied = km * s.hidden + km + s.movies + s.levels  # Wᵀ, visible bias, log P(rated), levels
-    copied += s.movies * s.hidden_implicit  # the implicit RBM's Wᵀ
     copied += ku * s.hidden_item + ku + s.movies * s.hidden_item  # item weights, bias, hiddenᵀ
     return copied * F32
 
@@ -116,7 +115,7 @@ def serving_memory(s: Shape) -> dict[str, float]:
     """Bytes one rbm-serve replica holds (torch backend, CPU), steady and during a reload."""
     km = s.levels * s.movies
     checkpoint = sum(checkpoint_tensors(s).values())
-    # rbm/scoring.py's Scorer keeps its own contiguous copies: both Wᵀs, the per-user item weights,
+    # rbm/scoring.py's Scorer keeps its own contiguous copies: Wᵀ, the per-user item weights,
     # their biases and the movies' item-hidden states transposed.
     scorer = scorer_copies(s)
     python = (
@@ -275,7 +274,7 @@ def print_tables(result: dict[str, object]) -> None:
 def main() -> None:
     """Print the tables and write the JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--serve-json", type=Path, default=ROOT / "bench/results/serve.json")
+    p.add_argument("--serve-json", type=Path, default=ROOT / "bench/results/serve-2026-11-27.json")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/capacity.json")
     args = p.parse_args()
     result = report(args.serve_json)
