@@ -311,12 +311,9 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
         await app.cache.close()
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
-
-
 def _parser() -> argparse.ArgumentParser:
+    # Defaults from the environment stay strings: argparse converts them with the flag's
+    # type, so a bad value gets its usage error instead of a traceback.
     d = ServerConfig()
     env = os.environ.get
     p = argparse.ArgumentParser(
@@ -331,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port",
         type=int,
-        default=int(env("RBMREC_PORT", d.port)),
+        default=env("RBMREC_PORT", str(d.port)),
         help="0 picks a free port and prints it ($RBMREC_PORT)",
     )
     p.add_argument(
@@ -361,6 +358,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-wait-us", type=int, default=d.max_batch_wait_us)
     p.add_argument("--max-queue", type=int, default=d.max_queue)
     p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=env("RBMREC_TORCH_THREADS", str(d.torch_threads)),
+        help="threads of one model pass ($RBMREC_TORCH_THREADS); see bench/README.md",
+    )
+    p.add_argument(
         "--poll-interval",
         type=float,
         default=d.poll_interval_s,
@@ -375,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=_env_int("RBMREC_METRICS_PORT"),
+        default=env("RBMREC_METRICS_PORT") or None,
         help="serve Prometheus /metrics on this port (0 picks one; default off); plain HTTP "
         "on --host even with TLS ($RBMREC_METRICS_PORT)",
     )
@@ -440,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_size=args.max_batch_size,
             max_batch_wait_us=args.max_batch_wait_us,
             max_queue=args.max_queue,
+            torch_threads=args.torch_threads,
             poll_interval_s=args.poll_interval,
             backend=args.backend,
             cache_capacity=args.cache_capacity,

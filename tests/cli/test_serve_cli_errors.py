@@ -56,6 +56,7 @@ def _must_not_serve(*args: object) -> None:
         (["--cache-capacity", "0"], "cache capacity"),
         (["--poll-interval", "0"], "poll interval"),
         (["--metrics-port", "70000"], "metrics port"),
+        (["--torch-threads", "0"], "torch threads must be >= 1, got 0"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else "",
 )
@@ -80,6 +81,22 @@ def test_a_bad_command_line_is_a_usage_error(
     with pytest.raises(SystemExit) as exited:
         server.main.main([*offline, *flags])
     assert_usage_error(exited.value.code, capsys.readouterr().err, PROG)
+
+
+@pytest.mark.usefixtures("never_serves")
+@pytest.mark.parametrize("variable", ["RBMREC_PORT", "RBMREC_METRICS_PORT", "RBMREC_TORCH_THREADS"])
+def test_a_non_integer_environment_setting_is_a_usage_error(
+    offline: list[str],
+    variable: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, "many")
+    with pytest.raises(SystemExit) as exited:
+        server.main.main(offline[:-2])  # no --port: the variable is the only setting
+    err = capsys.readouterr().err
+    assert_usage_error(exited.value.code, err, PROG)
+    assert "invalid int value: 'many'" in err
 
 
 @pytest.mark.usefixtures("never_serves")
