@@ -6,11 +6,14 @@ echo, then every revision, one after the other, and reports each revision's thro
 as a ratio to the echo server of its own round, plus its p99 and its CPU time per request
 (the server process's user+system time over the requests answered, from /proc: Linux only).
 
-    python bench/serve_ab.py --base 704754c [--rounds 5] [--duration 5] [--concurrency 64]
+    python bench/serve_ab.py --base 704754c [--flags "--torch-threads 2"] [--rounds 5]
+                             [--duration 5] [--concurrency 64]
 
 ``--base`` (repeatable) names revisions to compare with the working tree; each runs from a
-temporary ``git worktree`` on this venv. The model is an ml-100k one trained once, served
-batched with the in-process cache, as the ``batched`` variant of ``bench/serve.py``.
+temporary ``git worktree`` on this venv. ``--flags`` (repeatable) adds the working tree
+with these extra rbm-serve flags as one more server. The model is an ml-100k one trained
+once, served batched with the in-process cache, as the ``batched`` variant of
+``bench/serve.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,6 +58,14 @@ def _checkout(revision: str, into: Path) -> Iterator[Path]:
         )
 
 
+@dataclass(frozen=True)
+class Server:
+    """One server under test: a source tree (None: the working tree) and extra flags."""
+
+    checkout: Path | None
+    flags: tuple[str, ...] = ()
+
+
 def _measure(
     variant: Variant, registry: Path, checkout: Path | None, concurrency: int, duration: float
 ) -> dict[str, float]:
@@ -69,7 +81,8 @@ def _measure(
 def main() -> None:
     """Run the rounds, print one table row per measurement and a summary, write JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--base", action="append", required=True, help="git revision to compare")
+    p.add_argument("--base", action="append", default=[], help="git revision to compare")
+    p.add_argument("--flags", action="append", default=[], help="extra rbm-serve flags")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
     p.add_argument("--concurrency", type=int, default=64)
@@ -80,30 +93,32 @@ def main() -> None:
         registry = Path(tmp) / "registry"
         print("training an ml-100k model for the benchmark ...", file=sys.stderr)
         _train("ml-100k", registry, "cpu")
-        trees: dict[str, Path | None] = {
-            rev: stack.enter_context(_checkout(rev, Path(tmp) / f"tree-{i}"))
+        servers = {
+            rev: Server(stack.enter_context(_checkout(rev, Path(tmp) / f"tree-{i}")))
             for i, rev in enumerate(a.base)
         }
-        trees["working tree"] = None
+        servers["working tree"] = Server(None)
+        servers |= {flags: Server(None, tuple(flags.split())) for flags in a.flags}
         header = ("round", "server", "req/s", "÷ echo", "p99 ms", "cpu µs/req")
-        print("{:>5} {:<14} {:>8} {:>7} {:>8} {:>11}".format(*header))
+        print("{:>5} {:<20} {:>8} {:>7} {:>8} {:>11}".format(*header))
         for round_ in range(1, a.rounds + 1):
             echo = _measure(ECHO, registry, None, a.concurrency, a.duration)
-            for name, tree in [("echo", None), *trees.items()]:
+            for name, server in [("echo", Server(None)), *servers.items()]:
+                variant = Variant("batched", "ml-100k", (*BATCHED.args, *server.flags))
                 r = (
                     echo
                     if name == "echo"
-                    else _measure(BATCHED, registry, tree, a.concurrency, a.duration)
+                    else _measure(variant, registry, server.checkout, a.concurrency, a.duration)
                 )
                 ratio = r["rps"] / echo["rps"]
                 rows.append({"round": round_, "server": name, "over_echo": ratio, **r})
                 print(
-                    f"{round_:>5} {name:<14} {r['rps']:>8.0f} {ratio:>7.3f} {r['p99_ms']:>8.1f} "
+                    f"{round_:>5} {name:<20} {r['rps']:>8.0f} {ratio:>7.3f} {r['p99_ms']:>8.1f} "
                     f"{r['server_cpu_us_per_request']:>11.0f}",
                     flush=True,
                 )
     summary = {}
-    for name in trees:
+    for name in servers:
         mine = [r for r in rows if r["server"] == name]
         summary[name] = {
             key: statistics.mean(float(r[key]) for r in mine)  # type: ignore[arg-type]
@@ -112,7 +127,7 @@ def main() -> None:
     print()
     for name, s in summary.items():
         print(
-            f"{name:<14} mean ÷ echo {s['over_echo']:.3f}  p99 {s['p99_ms']:.1f} ms  "
+            f"{name:<20} mean ÷ echo {s['over_echo']:.3f}  p99 {s['p99_ms']:.1f} ms  "
             f"cpu {s['server_cpu_us_per_request']:.0f} µs/request  errors {s['errors']:.0f}"
         )
     a.out.parent.mkdir(parents=True, exist_ok=True)
