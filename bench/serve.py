@@ -170,6 +170,15 @@ def _load(
     return result
 
 
+def write_result(out: Path, script: str, fields: dict[str, object]) -> None:
+    """Write a benchmark's JSON: when and how it ran, then ``fields``."""
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    command = " ".join(["python", script, *sys.argv[1:]])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"when": when, "command": command, **fields}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def _ratio(rows: list[dict[str, object]], a: tuple[str, str], b: tuple[str, str], c: int) -> float:
     def rps(name: str, model: str) -> float:
         for r in rows:
@@ -243,22 +252,17 @@ def main() -> None:
     print()
     for key, value in summary.items():
         print(f"{key:<45} {value:.3f}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(
-        json.dumps(
-            {
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "command": " ".join(["python", "bench/serve.py", *sys.argv[1:]]),
-                "duration_s": a.duration,
-                "device": a.device,
-                "rows": rows,
-                "summary": summary,
-            },
-            indent=1,
-        )
+    write_result(
+        a.out,
+        "bench/serve.py",
+        {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "duration_s": a.duration,
+            "device": a.device,
+            "rows": rows,
+            "summary": summary,
+        },
     )
-    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

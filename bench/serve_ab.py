@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -28,10 +27,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from serve import ROOT, Variant, _load, _server, _train  # bench/ is on sys.path when run
+from serve import (  # bench/ is on sys.path when run
+    ROOT,
+    Variant,
+    _load,
+    _server,
+    _train,
+    write_result,
+)
 
 BATCHED = Variant("batched", "ml-100k", ("--cache", "memory", "--max-batch-size", "64"))
 ECHO = Variant("echo", "ml-100k", ())
@@ -130,20 +135,9 @@ def main() -> None:
             f"{name:<20} mean ÷ echo {s['over_echo']:.3f}  p99 {s['p99_ms']:.1f} ms  "
             f"cpu {s['server_cpu_us_per_request']:.0f} µs/request  errors {s['errors']:.0f}"
         )
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(
-        json.dumps(
-            {
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": " ".join(["python", "bench/serve_ab.py", *sys.argv[1:]]),
-                "cpus": os.cpu_count(),
-                "rows": rows,
-                "summary": summary,
-            },
-            indent=1,
-        )
+    write_result(
+        a.out, "bench/serve_ab.py", {"cpus": os.cpu_count(), "rows": rows, "summary": summary}
     )
-    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
