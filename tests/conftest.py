@@ -3,60 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.harness.cli import BIN, REDIS_URL, ROOT, TrainedModel, movielens_dir, run_cli
 
-
-def _movielens() -> Path:
-    for candidate in (os.environ.get("RBMREC_DATA"), ROOT.parent / "shared" / "movielens"):
-        if candidate and (Path(candidate) / "ml-100k" / "u.data").is_file():
-            return Path(candidate)
-    raise RuntimeError(
-        "MovieLens ml-100k not found: set $RBMREC_DATA to a folder holding ml-100k/ "
-        "(the shared copy lives in ../shared/movielens)"
-    )
+__all__ = ["BIN", "REDIS_URL", "ROOT", "TrainedModel", "run_cli"]  # old import paths, until moved
 
 
 @pytest.fixture(scope="session")
 def movielens() -> Path:
     """The folder that holds ml-100k/ (and ml-latest-small/)."""
-    return _movielens()
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """A registry holding one model trained on ml-100k u1.base, promoted to production."""
-
-    registry: Path
-    report: dict[str, object]
-
-
-def run_cli(
-    name: str, *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run one of the project's console scripts and capture its output."""
-    proc = subprocess.run(
-        [str(BIN / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+    return movielens_dir()
 
 
 @pytest.fixture(scope="session")
