@@ -1,9 +1,12 @@
-"""The training loop: minibatch CD-k with momentum, weight decay and early stopping."""
+"""The user-based softmax RBM (a case per user, CD-k) and the per-model training configs.
+
+``TrainConfig`` is the flat configuration the CLI builds and every registered version
+stores; ``model_configs`` derives from it the ``LoopConfig`` of each of the three RBMs,
+which ``trainer.loop.run_loop`` trains.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,22 +15,34 @@ import numpy as np
 import torch
 
 from rbm.model import CDStats, RBMConfig, RBMParams, cd_statistics
-from trainer.distributed import Communicator, LocalCommunicator
+from trainer.distributed import Communicator
 from trainer.indexing import IndexedRatings
+from trainer.loop import (
+    EpochProgress,
+    LocalStats,
+    LoopConfig,
+    LoopModel,
+    momentum_step,
+    reduced_stats,
+    run_loop,
+    state_tensors,
+)
 from trainer.predict import predict_indexed
 
 __all__ = [
     "EpochReport",
+    "ModelConfigs",
     "TrainConfig",
     "TrainResult",
     "minibatch_stats",
+    "model_configs",
     "momentum_step",
+    "softmax_model",
+    "softmax_stats",
     "state_tensors",
     "train",
     "visible_bias_from_counts",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,12 +90,86 @@ class TrainConfig:
             raise ValueError("val_fraction must be in (0, 0.5)")
 
     def cd_k(self, epoch: int) -> int:
-        """CD steps for ``epoch`` (0-based): starts at cd_k_start and grows as training goes on."""
-        return min(self.cd_k_max, self.cd_k_start + epoch // self.cd_k_every)
+        """CD steps of the user-based RBM at ``epoch`` (0-based); see ``LoopConfig.cd_k``."""
+        return model_configs(self).user.cd_k(epoch)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for metadata."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfigs:
+    """The three RBMs' loop configurations; None for a model the TrainConfig turns off."""
+
+    user: LoopConfig
+    implicit: LoopConfig | None
+    item: LoopConfig | None
+
+
+def model_configs(cfg: TrainConfig) -> ModelConfigs:
+    """Each RBM's configuration, from the flat one the CLI builds and versions record."""
+    user = _softmax_config(cfg, "user RBM", cfg.n_hidden, cfg.epochs)
+    implicit = _implicit_config(cfg) if cfg.n_hidden_implicit else None
+    # The item-based RBM's cases are movies, but TrainConfig has one batch size, and the
+    # item RBM has always used it as its number of movies per minibatch; kept so that
+    # the same seed trains the same model as before.
+    item = (
+        _softmax_config(cfg, "item RBM", cfg.n_hidden_item, cfg.item_epochs)
+        if cfg.n_hidden_item
+        else None
+    )
+    return ModelConfigs(user, implicit, item)
+
+
+def _implicit_config(cfg: TrainConfig) -> LoopConfig:
+    """The implicit RBM's config: CD-1, its own rate and decay, early-stopped on NDCG@10."""
+    return LoopConfig(
+        name="implicit RBM",
+        n_hidden=cfg.n_hidden_implicit,
+        epochs=cfg.implicit_epochs,
+        cases_per_batch=cfg.batch_size,  # users, as for the user-based RBM
+        learning_rate=cfg.implicit_learning_rate,
+        lr_decay=cfg.lr_decay,
+        momentum=cfg.momentum,
+        momentum_warmup=cfg.momentum_warmup,
+        weight_decay=cfg.implicit_weight_decay,
+        cd_k_start=1,  # CD-1 throughout: rbm.implicit has no CD-k
+        cd_k_max=1,
+        cd_k_every=1,
+        patience=cfg.patience,
+        goal="maximize",
+        metric="val_ndcg@10",
+        seed=cfg.seed,
+        seed_offset=1,  # its own random numbers, apart from the softmax RBMs'
+        device=cfg.device,
+    )
+
+
+def _softmax_config(cfg: TrainConfig, name: str, n_hidden: int, epochs: int) -> LoopConfig:
+    """A softmax RBM's config: the shared CD-k schedule, early-stopped on validation RMSE.
+
+    Seed offset 0 for both softmax RBMs: the item RBM has always drawn from the run's seed.
+    """
+    return LoopConfig(
+        name=name,
+        n_hidden=n_hidden,
+        epochs=epochs,
+        cases_per_batch=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_decay=cfg.lr_decay,
+        momentum=cfg.momentum,
+        momentum_warmup=cfg.momentum_warmup,
+        weight_decay=cfg.weight_decay,
+        cd_k_start=cfg.cd_k_start,
+        cd_k_max=cfg.cd_k_max,
+        cd_k_every=cfg.cd_k_every,
+        patience=cfg.patience,
+        goal="minimize",
+        metric="val_rmse",
+        seed=cfg.seed,
+        device=cfg.device,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,53 +226,50 @@ def train(
     on_epoch: Callable[[EpochReport], None] | None = None,
     comm: Communicator | None = None,
 ) -> TrainResult:
-    """Train an RBM on ``train_part``, early-stopping on RMSE over ``val_part``.
+    """Train the user-based RBM on ``train_part``, early-stopping on RMSE over ``val_part``.
 
-    With a process group in ``comm``, every rank runs the same minibatch schedule, computes
-    the statistics of its share of each minibatch, and applies the summed update.
+    ``rbm_config`` gives the shape (its n_hidden is normally ``config.n_hidden``). With a
+    process group in ``comm``, every rank runs the same minibatch schedule, computes the
+    statistics of its share of each minibatch, and applies the summed update.
     """
-    comm = comm or LocalCommunicator()
-    device = torch.device(config.device)
-    gen = torch.Generator(device=device).manual_seed(comm.sampling_seed(config.seed))
-    rng = np.random.default_rng(config.seed)  # the same shuffle on every rank
-    cpu_gen = torch.Generator().manual_seed(config.seed)
+    spec = model_configs(config).user
+    model = softmax_model(train_part, val_part, rbm_config, levels, spec.device)
+    progress = None if on_epoch is None else lambda p: on_epoch(_report(p))
+    result = run_loop(spec, model, comm, progress)
+    history = [_report(p) for p in result.history]
+    return TrainResult(result.params, result.best_epoch, result.best_val, history)
+
+
+def _report(progress: EpochProgress) -> EpochReport:
+    return EpochReport(progress.epoch, progress.cd_k, progress.recon_rmse, progress.val)
+
+
+def softmax_model(
+    train_part: IndexedRatings,
+    val_part: IndexedRatings,
+    rbm_config: RBMConfig,
+    levels: torch.Tensor,
+    device: str,
+) -> LoopModel:
+    """The loop's hooks for a softmax RBM with a case per CSR row (users, or movies transposed)."""
     vb = visible_bias_from_counts(train_part, rbm_config.n_movies, rbm_config.n_levels)
-    params = RBMParams.init(rbm_config, cpu_gen, vb).to(device)
-    velocity = [
-        torch.zeros_like(t) for t in (params.weights, params.visible_bias, params.hidden_bias)
-    ]
-    comm.sync(state_tensors(params, velocity))  # the seed already agrees; this makes sure
-    n_users = len(train_part.user_ids)
-    best = TrainResult(params=_copy(params), best_epoch=-1, best_val_rmse=math.inf)
-    lr = config.learning_rate
-    for epoch in range(config.epochs):
-        k = config.cd_k(epoch)
-        momentum = config.momentum if epoch >= config.momentum_warmup else 0.5
-        sq, n = 0.0, 0
-        order = rng.permutation(n_users)
-        for start in range(0, n_users, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            stats = minibatch_stats(params, train_part, rows, rbm_config, k, gen, comm)
-            momentum_step(params, velocity, stats, len(rows), lr, momentum, config.weight_decay)
-            sq += stats.recon_sq_error
-            n += stats.n_entries
-        lr *= config.lr_decay
-        comm.sync(state_tensors(params, velocity))  # before anything is decided on them
-        val = comm.decide(
-            lambda: _val_rmse(params, rbm_config, train_part, val_part, levels.to(device))
-        )
-        report = EpochReport(epoch + 1, k, math.sqrt(sq / max(n, 1)), val)
-        best.history.append(report)
-        if on_epoch is not None:
-            on_epoch(report)
-        if not math.isfinite(val):
-            raise FloatingPointError(f"validation RMSE is {val} at epoch {epoch + 1}")
-        if val < best.best_val_rmse:
-            best.params, best.best_epoch, best.best_val_rmse = _copy(params), epoch + 1, val
-        elif epoch + 1 - best.best_epoch >= config.patience:
-            log.info("early stop at epoch %d (best %d)", epoch + 1, best.best_epoch)
-            break
-    return best
+    on_device = levels.to(device)
+    return LoopModel(
+        n_cases=len(train_part.user_ids),
+        init=lambda gen: RBMParams.init(rbm_config, gen, vb),
+        stats=softmax_stats(train_part, rbm_config),
+        validate=lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device),
+    )
+
+
+def softmax_stats(data: IndexedRatings, rbm_config: RBMConfig) -> LocalStats:
+    """The loop's statistics hook: CD-k statistics of the cases at some of ``data``'s rows."""
+
+    def stats(params: RBMParams, rows: np.ndarray, k: int, gen: torch.Generator | None) -> CDStats:
+        batch = data.batch(rows).to(params.weights.device)
+        return cd_statistics(params, batch, rbm_config, k, gen)
+
+    return stats
 
 
 def minibatch_stats(
@@ -196,41 +282,4 @@ def minibatch_stats(
     comm: Communicator,
 ) -> CDStats:
     """CD-k statistics of the users at CSR ``rows``, summed over every rank's share of them."""
-    batch = data.batch(comm.shard(rows)).to(params.weights.device)
-    return comm.reduce_stats(cd_statistics(params, batch, rbm_config, k, gen))
-
-
-def state_tensors(params: RBMParams, velocity: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Everything a training step updates, to keep in step across ranks."""
-    return [params.weights, params.visible_bias, params.hidden_bias, *velocity]
-
-
-def momentum_step(
-    params: RBMParams,
-    velocity: list[torch.Tensor],
-    stats: CDStats,
-    n_cases: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-) -> None:
-    """One gradient-ascent step with momentum on per-case-averaged CD statistics, in place.
-
-    Weight decay applies to the weights only, not the biases.
-    """
-    scale = 1.0 / n_cases
-    grads = (
-        stats.weights * scale - weight_decay * params.weights,
-        stats.visible_bias * scale,
-        stats.hidden_bias * scale,
-    )
-    tensors = (params.weights, params.visible_bias, params.hidden_bias)
-    for t, v, g in zip(tensors, velocity, grads, strict=True):
-        v.mul_(momentum).add_(g, alpha=lr)
-        t.add_(v)
-
-
-def _copy(params: RBMParams) -> RBMParams:
-    return RBMParams(
-        params.weights.clone(), params.visible_bias.clone(), params.hidden_bias.clone()
-    )
+    return reduced_stats(softmax_stats(data, rbm_config), params, rows, k, gen, comm)

@@ -1,9 +1,7 @@
-"""Training the implicit-feedback RBM (rbm.implicit): CD-1, early-stopped on validation NDCG."""
+"""The implicit-feedback RBM (rbm.implicit): its hooks for the training loop (CD-1, NDCG)."""
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,14 +10,19 @@ import torch
 
 from rbm.implicit import implicit_cd_statistics, implicit_config, implicit_hidden_input, log_p_rated
 from rbm.model import CDStats, RBMParams
-from trainer.distributed import Communicator, LocalCommunicator
+from trainer.distributed import Communicator
 from trainer.evaluate import ranking_metrics
 from trainer.indexing import IndexedRatings
-from trainer.train import TrainConfig, momentum_step, state_tensors
+from trainer.loop import EpochProgress, LocalStats, LoopModel, reduced_stats, run_loop
+from trainer.train import TrainConfig, model_configs
 
-__all__ = ["ImplicitResult", "implicit_minibatch_stats", "train_implicit"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "ImplicitResult",
+    "implicit_minibatch_stats",
+    "implicit_model",
+    "implicit_stats",
+    "train_implicit",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,18 @@ def _dense(csr: IndexedRatings, rows: np.ndarray, n_movies: int) -> torch.Tensor
     return x
 
 
+def implicit_stats(data: IndexedRatings, n_movies: int) -> LocalStats:
+    """The loop's statistics hook: CD-1 statistics of the users at some of ``data``'s rows."""
+
+    def stats(params: RBMParams, rows: np.ndarray, k: int, gen: torch.Generator | None) -> CDStats:
+        if k != 1:  # rbm.implicit has only CD-1: a schedule asking for more is a mistake
+            raise ValueError(f"the implicit RBM trains with CD-1, not CD-{k}")
+        visible = _dense(data, rows, n_movies).to(params.weights.device)  # (B, M)
+        return implicit_cd_statistics(params, visible, gen)
+
+    return stats
+
+
 def implicit_minibatch_stats(
     params: RBMParams,
     data: IndexedRatings,
@@ -48,8 +63,7 @@ def implicit_minibatch_stats(
     comm: Communicator,
 ) -> CDStats:
     """CD-1 statistics of the users at CSR ``rows``, summed over every rank's share of them."""
-    visible = _dense(data, comm.shard(rows), n_movies).to(params.weights.device)  # (B, M)
-    return comm.reduce_stats(implicit_cd_statistics(params, visible, gen))
+    return reduced_stats(implicit_stats(data, n_movies), params, rows, 1, gen, comm)
 
 
 def _val_ndcg(
@@ -62,13 +76,28 @@ def _val_ndcg(
     return ranking_metrics(score, fit, val, levels)["ndcg@10"]
 
 
+def implicit_model(
+    fit: IndexedRatings, val: IndexedRatings, n_movies: int, levels: np.ndarray, n_hidden: int
+) -> LoopModel:
+    """The loop's hooks: visible biases from how often each movie is rated, NDCG@10 on ``val``."""
+    config = implicit_config(n_movies, n_hidden)
+    rated = np.bincount(fit.movies, minlength=n_movies) / max(len(fit.user_ids), 1)
+    p = torch.from_numpy(np.clip(rated, 1e-4, 1 - 1e-4).astype(np.float32))
+    return LoopModel(
+        n_cases=len(fit.user_ids),
+        init=lambda gen: RBMParams.init(config, gen, torch.log(p / (1 - p))),
+        stats=implicit_stats(fit, n_movies),
+        validate=lambda params: _val_ndcg(params, fit, val, levels),
+    )
+
+
 def train_implicit(
     fit: IndexedRatings,
     val: IndexedRatings,
     n_movies: int,
     levels: np.ndarray,
     cfg: TrainConfig,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[EpochProgress], None] | None = None,
     comm: Communicator | None = None,
 ) -> ImplicitResult:
     """Train on who-rated-what in ``fit``; keep the epoch with the best NDCG@10 on ``val``.
@@ -76,45 +105,9 @@ def train_implicit(
     This model overfits fast (its best epoch is usually below 15), hence the early stop.
     Distributed as ``trainer.train.train`` is: shared schedule, summed statistics.
     """
-    comm = comm or LocalCommunicator()
-    device = torch.device(cfg.device)
-    gen = torch.Generator(device=device).manual_seed(comm.sampling_seed(cfg.seed + 1))
-    rng = np.random.default_rng(cfg.seed + 1)
-    config = implicit_config(n_movies, cfg.n_hidden_implicit)
-    rated = np.bincount(fit.movies, minlength=n_movies) / max(len(fit.user_ids), 1)
-    p = torch.from_numpy(np.clip(rated, 1e-4, 1 - 1e-4).astype(np.float32))
-    params = RBMParams.init(
-        config, torch.Generator().manual_seed(cfg.seed + 1), torch.log(p / (1 - p))
-    ).to(device)
-    velocity = [
-        torch.zeros_like(t) for t in (params.weights, params.visible_bias, params.hidden_bias)
-    ]
-    comm.sync(state_tensors(params, velocity))
-    best = ImplicitResult(params, 0, -math.inf)
-    lr, n_users = cfg.implicit_learning_rate, len(fit.user_ids)
-    for epoch in range(cfg.implicit_epochs):
-        momentum = cfg.momentum if epoch >= cfg.momentum_warmup else 0.5
-        order = rng.permutation(n_users)
-        for start in range(0, n_users, cfg.batch_size):
-            rows = order[start : start + cfg.batch_size]
-            stats = implicit_minibatch_stats(params, fit, rows, n_movies, gen, comm)
-            momentum_step(
-                params, velocity, stats, len(rows), lr, momentum, cfg.implicit_weight_decay
-            )
-        lr *= cfg.lr_decay
-        comm.sync(state_tensors(params, velocity))  # before anything is decided on them
-        ndcg = comm.decide(lambda: _val_ndcg(params, fit, val, levels))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, ndcg)
-        if ndcg > best.best_val_ndcg:
-            best = ImplicitResult(
-                RBMParams(
-                    params.weights.clone(), params.visible_bias.clone(), params.hidden_bias.clone()
-                ),
-                epoch + 1,
-                ndcg,
-            )
-        elif epoch + 1 - best.best_epoch >= cfg.patience:
-            log.info("implicit RBM: early stop at epoch %d (best %d)", epoch + 1, best.best_epoch)
-            break
-    return best
+    spec = model_configs(cfg).implicit
+    if spec is None:
+        raise ValueError("n_hidden_implicit is 0: there is no implicit RBM to train")
+    model = implicit_model(fit, val, n_movies, levels, spec.n_hidden)
+    result = run_loop(spec, model, comm, on_epoch)
+    return ImplicitResult(result.params, result.best_epoch, result.best_val)

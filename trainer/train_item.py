@@ -8,7 +8,7 @@ the user-based RBM alone for the others.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from rbm.checkpoint import ItemModel
 from rbm.model import RBMConfig, RBMParams, hidden_input
 from trainer.distributed import Communicator, LocalCommunicator
 from trainer.indexing import IndexedRatings
+from trainer.loop import EpochProgress, run_loop
 from trainer.predict import predict_indexed
-from trainer.train import TrainConfig, train
+from trainer.train import TrainConfig, model_configs, softmax_model
 
 __all__ = ["BLEND_WEIGHTS", "train_item_based", "transpose"]
 
@@ -58,6 +59,7 @@ def train_item_based(
     levels: torch.Tensor,
     cfg: TrainConfig,
     comm: Communicator | None = None,
+    on_epoch: Callable[[EpochProgress], None] | None = None,
 ) -> tuple[ItemModel, float]:
     """Train on ``fit`` (user-major CSRs sharing rows), choose the blend on ``val``.
 
@@ -65,12 +67,15 @@ def train_item_based(
     Returns the model (movie hidden states from ``full``) and the blend's validation RMSE.
     Distributed, the ranks share out movies (this model's cases); rank 0 picks the blend.
     """
+    spec = model_configs(cfg).item
+    if spec is None:
+        raise ValueError("n_hidden_item is 0: there is no item-based RBM to train")
     comm = comm or LocalCommunicator()
     n_users = len(fit.user_ids)
     fit_t, val_t, full_t = (transpose(c, n_movies) for c in (fit, val, full))
-    config = RBMConfig(n_users, len(levels), cfg.n_hidden_item)
-    item_cfg = replace(cfg, n_hidden=cfg.n_hidden_item, epochs=cfg.item_epochs)
-    params = train(fit_t, val_t, config, levels, item_cfg, comm=comm).params
+    config = RBMConfig(n_users, len(levels), spec.n_hidden)
+    hooks = softmax_model(fit_t, val_t, config, levels, spec.device)
+    params = run_loop(spec, hooks, comm, on_epoch).params
     blend, rmse = comm.decide(
         lambda: _choose_blend(params, config, fit_t, val_t, val, user_pred_val, levels, n_movies)
     )
