@@ -1,5 +1,29 @@
-"""The rating log's wire format: the server writes it, the trainer reads it."""
+"""The rating log: its wire format, reading it, and showing its URL without secrets."""
 
-from ratinglog.format import RatingRecord, decode_fields, encode_fields, stream_key
+from ratinglog.format import (
+    MalformedEntry,
+    RatingRecord,
+    decode_fields,
+    encode_fields,
+    entry_key,
+    stream_key,
+)
+from ratinglog.stream import Entry, Malformed, Page, aread_after, decode_page, read_after, read_all
+from ratinglog.urls import redact_url
 
-__all__ = ["RatingRecord", "decode_fields", "encode_fields", "stream_key"]
+__all__ = [
+    "Entry",
+    "Malformed",
+    "MalformedEntry",
+    "Page",
+    "RatingRecord",
+    "aread_after",
+    "decode_fields",
+    "decode_page",
+    "encode_fields",
+    "entry_key",
+    "read_after",
+    "read_all",
+    "redact_url",
+    "stream_key",
+]

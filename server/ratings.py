@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from ratinglog import RatingRecord, decode_fields, encode_fields, stream_key
+from ratinglog import (
+    Entry,
+    Malformed,
+    RatingRecord,
+    aread_after,
+    encode_fields,
+    entry_key,
+    stream_key,
+)
 from server.errors import Unavailable
 
 __all__ = ["NoRatingLog", "RatingLog", "RatingRecord", "RedisRatingLog", "UserOverlay"]
@@ -24,8 +32,6 @@ __all__ = ["NoRatingLog", "RatingLog", "RatingRecord", "RedisRatingLog", "UserOv
 log = logging.getLogger(__name__)
 
 START = "0-0"  # before the first entry of any stream
-
-Entry = tuple[str, RatingRecord]
 
 
 class RatingLog(Protocol):
@@ -53,11 +59,13 @@ class NoRatingLog:
 
 
 class RedisRatingLog:
-    """A Redis Stream with one entry per update (see ``ratinglog.format``)."""
+    """A Redis Stream with one entry per update (see ``ratinglog``)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "rbmrec") -> None:
         self.client = client
         self.stream = stream_key(prefix)
+        self.malformed = 0  # entries skipped as not ratings, each counted once
+        self._reported = START  # the newest malformed entry counted and logged so far
 
     async def append(self, record: RatingRecord) -> str:
         """XADD the record; raise Unavailable if Redis does not confirm it."""
@@ -65,26 +73,28 @@ class RedisRatingLog:
         try:
             entry_id = await self.client.xadd(self.stream, fields)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"the rating log (Redis) is unreachable: {exc}") from exc
+            raise _unreachable(exc) from exc
         return _text(entry_id)
 
     async def read_after(self, last_id: str, count: int) -> list[Entry]:
-        """XREAD (non-blocking) the entries after ``last_id``."""
+        """The ratings among the next ``count`` entries after ``last_id``, oldest first."""
         try:
-            reply = await self.client.xread({self.stream: last_id}, count=count)
+            page = await aread_after(self.client, self.stream, last_id, count)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"the rating log (Redis) is unreachable: {exc}") from exc
-        entries: list[Entry] = []
-        # RESP2 (redis-py's default): [[stream, [(id, {field: value}), ...]]]
-        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
-        for _stream, items in streams:
-            for entry_id, fields in items:
-                try:
-                    entries.append((_text(entry_id), decode_fields(fields)))
-                except (KeyError, ValueError):
-                    # Skip a foreign entry rather than stop following the log for good.
-                    log.warning("skipping malformed rating log entry %s", _text(entry_id))
-        return entries
+            raise _unreachable(exc) from exc
+        self._report(page.malformed)
+        return page.entries
+
+    def _report(self, malformed: list[Malformed]) -> None:
+        # The overlay stops at the last rating, so a malformed entry at the end of the
+        # stream is read again by every catch-up until a rating follows it: report it once.
+        for entry in malformed:
+            if entry_key(entry.entry_id) > entry_key(self._reported):
+                self.malformed += 1
+                self._reported = entry.entry_id
+                log.warning(
+                    "skipping malformed rating log entry %s: %s", entry.entry_id, entry.reason
+                )
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ class UserOverlay:
         """Apply entries read after ``last_id``, in order, skipping any already applied."""
         applied = []
         for entry_id, record in entries:
-            if _entry_key(entry_id) <= _entry_key(self.last_id):
+            if entry_key(entry_id) <= entry_key(self.last_id):
                 continue  # a concurrent read got here first
             previous = self.apply(record)
             generation = self.generations[record.user_id]
@@ -143,9 +153,8 @@ class UserOverlay:
                 return applied
 
 
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    millis, _, seq = entry_id.partition("-")
-    return int(millis), int(seq or 0)
+def _unreachable(exc: Exception) -> Unavailable:
+    return Unavailable(f"the rating log (Redis) is unreachable: {exc}")
 
 
 def _text(value: object) -> str:

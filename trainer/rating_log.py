@@ -9,22 +9,21 @@ there is skipped, since training on it would leak into the evaluation.
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import cast
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 
-from ratinglog import decode_fields, stream_key
+from ratinglog import Page, read_all, redact_url, stream_key
 from trainer.data import Ratings
 
 __all__ = ["LogMerge", "RatingLog", "RatingLogUnavailable", "merge_log", "read_rating_log"]
 
-PAGE_SIZE = 10_000  # entries per XRANGE: bounded replies, few round trips
-_INT64 = 2**63
+log = logging.getLogger(__name__)
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+PAGE_SIZE = 10_000  # entries per XRANGE: bounded replies, few round trips
 
 
 class RatingLogUnavailable(Exception):
@@ -55,51 +54,40 @@ def read_rating_log(url: str, prefix: str, page_size: int = PAGE_SIZE) -> Rating
     key = stream_key(prefix)
     client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
     try:
-        return _read_pages(client, key, page_size)
+        return _collect(key, read_all(client, key, page_size))
     except redis.RedisError as exc:
-        where = _redact(url)
+        where = redact_url(url)
         raise RatingLogUnavailable(f"cannot read the rating log {key} at {where}: {exc}") from exc
     finally:
         client.close()
 
 
-def _read_pages(client: redis.Redis, key: str, page_size: int) -> RatingLog:
+def _collect(key: str, pages: Iterable[Page]) -> RatingLog:
+    """The ratings of ``pages`` as one Ratings; malformed entries only counted."""
     users: list[int] = []
     movies: list[int] = []
     values: list[float] = []
     stamps: list[int] = []
-    malformed, start, last_id = 0, "-", None
-    while True:
-        page = cast(list[Entry], client.xrange(key, min=start, max="+", count=page_size))
-        for _entry_id, fields in page:
-            try:
-                record = decode_fields(fields)
-            except (KeyError, ValueError):
-                malformed += 1
-                continue
-            if max(abs(record.user_id), abs(record.movie_id), abs(record.timestamp)) >= _INT64:
-                malformed += 1  # would not fit the int64 arrays
-                continue
+    malformed, first, last_id = 0, None, None
+    for page in pages:
+        for _entry_id, record in page.entries:
             users.append(record.user_id)
             movies.append(record.movie_id)
             values.append(record.rating)
             stamps.append(record.timestamp)
-        if page:
-            last_id = page[-1][0].decode()
-            start = f"({last_id}"  # exclusive start (Redis >= 6.2): the next page
-        if len(page) < page_size:
-            return RatingLog(
-                key, Ratings.from_lists(users, movies, values, stamps), malformed, last_id
-            )
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+        malformed += len(page.malformed)
+        first = first or next(iter(page.malformed), None)
+        last_id = page.last_id or last_id
+    if first is not None:  # one line, not one per entry: a whole stream may be foreign
+        log.warning(
+            "skipping %d malformed rating log entries of %s (first %s: %s)",
+            malformed,
+            key,
+            first.entry_id,
+            first.reason,
+        )
+    ratings = Ratings.from_lists(users, movies, values, stamps)
+    return RatingLog(key, ratings, malformed, last_id)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import redis
 
 from ratinglog import RatingRecord, encode_fields, stream_key
 from rbm.checkpoint import load_checkpoint
-from tests.conftest import REDIS_URL, run_cli
+from tests.harness.cli import REDIS_URL, run_cli
 from trainer.data import Ratings, holdout_split, load_dataset
 from trainer.rating_log import RatingLogUnavailable, merge_log, read_rating_log
 from trainer.train import TrainConfig
