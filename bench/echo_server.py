@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,13 +43,22 @@ class Echo(pb_grpc.RecommenderServicer):  # type: ignore[misc]
         return self.reply
 
 
-async def serve(port: int) -> None:
+def _write_address(path: Path, address: str) -> None:
+    """What rbm-serve writes to --address-file, written as atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"address": address, "metrics": None, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+async def serve(port: int, address_file: Path | None) -> None:
     """Serve until SIGTERM."""
     server = grpc.aio.server()
     pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"serving echo on 127.0.0.1:{bound}", flush=True)
+    if address_file:
+        _write_address(address_file, f"127.0.0.1:{bound}")
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -56,4 +68,6 @@ async def serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
-    uvloop.run(serve(parser.parse_args().port))  # the same event loop as rbm-serve
+    parser.add_argument("--address-file", type=Path, help="as rbm-serve's --address-file")
+    args = parser.parse_args()
+    uvloop.run(serve(args.port, args.address_file))  # the same event loop as rbm-serve

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,47 +103,78 @@ def _train(model: str, registry: Path, device: str) -> None:
     )
 
 
+def _command(variant: Variant, registry: Path, device: str, checkout: Path | None) -> list[str]:
+    """The server process of ``variant``, without the flag that says how it tells its address."""
+    if variant.name == "echo":
+        return [sys.executable, str(ROOT / "bench" / "echo_server.py")]
+    program = (
+        [str(BIN / "rbm-serve")] if checkout is None else [sys.executable, "-m", "server.main"]
+    )
+    flags = ["--port", "0", "--registry", str(registry), "--log-level", "WARNING"]
+    return [*program, *flags, "--device", device, *variant.args]
+
+
+@functools.cache
+def _takes_address_file(checkout: Path | None) -> bool:
+    """Whether the server in ``checkout`` knows --address-file (revisions before it do not)."""
+    if checkout is None:
+        return True
+    shown = subprocess.run(
+        [sys.executable, "-m", "server.main", "--help"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "--address-file" in shown.stdout
+
+
+def _wait_for_address(proc: subprocess.Popen[str], path: Path, name: str) -> str:
+    """HOST:PORT from the address file the server writes once it serves."""
+    deadline = time.monotonic() + 300  # a CUDA server can take minutes to start
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} server did not start")
+        time.sleep(0.05)
+    return str(json.loads(path.read_text(encoding="utf-8"))["address"])
+
+
+def _serving_line(proc: subprocess.Popen[str], name: str) -> str:
+    """HOST:PORT from the "serving ... on HOST:PORT" line, for revisions before --address-file."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"^serving .* on (\S+:\d+)$", line.strip())
+        if match:
+            return match.group(1)
+    raise RuntimeError(f"{name} server did not start")
+
+
 @contextlib.contextmanager
 def _server(
     variant: Variant, registry: Path, device: str, checkout: Path | None = None
 ) -> Iterator[Running]:
-    """Start ``variant``; yield it once it says where it serves.
+    """Start ``variant``; yield it once it has written where it serves.
 
     With ``checkout``, rbm-serve runs from that source tree (``python -m server.main``).
     """
-    if variant.name == "echo":
-        cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
-    else:
-        program = (
-            [str(BIN / "rbm-serve")] if checkout is None else [sys.executable, "-m", "server.main"]
+    cmd = _command(variant, registry, device, checkout)
+    by_file = variant.name == "echo" or _takes_address_file(checkout)  # echo: this tree's
+    with tempfile.TemporaryDirectory() as tmp:
+        address_file = Path(tmp) / "address.json"
+        if by_file:
+            cmd += ["--address-file", str(address_file)]
+        stdout = subprocess.DEVNULL if by_file else subprocess.PIPE
+        proc = subprocess.Popen(
+            cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True, cwd=checkout
         )
-        cmd = [
-            *program,
-            "--port",
-            "0",
-            "--registry",
-            str(registry),
-            "--log-level",
-            "WARNING",
-            "--device",
-            device,
-            *variant.args,
-        ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=checkout
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            match = re.search(r"^serving .* on (\S+:\d+)$", line.strip())
-            if match:
-                yield Running(proc, match.group(1))
-                break
-        else:
-            raise RuntimeError(f"{variant.name} server did not start")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        try:
+            if by_file:
+                yield Running(proc, _wait_for_address(proc, address_file, variant.name))
+            else:
+                yield Running(proc, _serving_line(proc, variant.name))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
 
 
 def _load(

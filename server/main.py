@@ -6,13 +6,17 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import json
 import logging
 import math
 import os
 import signal
 import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
@@ -26,7 +30,7 @@ from redis.exceptions import RedisError
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.errors import RegistryError
 from registry.names import check_alias, check_model_name
-from registry.store import FileRegistry, resolve_root
+from registry.store import DEFAULT_ROOT, ENV_VAR, FileRegistry, resolve_root
 from server.auth import TokenAuth, load_token
 from server.backends import BACKENDS
 from server.batcher import BatcherConfig
@@ -40,52 +44,168 @@ from server.recommender import Recommender
 from server.service import RecommenderService, add_to_server
 from server.tls import check_pair, server_credentials
 
-__all__ = ["Security", "ServerConfig", "main", "serve"]
+__all__ = [
+    "Flag",
+    "Security",
+    "ServerConfig",
+    "cli_options",
+    "main",
+    "serve",
+    "write_address_file",
+]
 
 log = logging.getLogger("rbm-serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one ``ServerConfig`` field is given: its flag, its environment variable, its help."""
+
+    flag: str
+    env: str
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None  # None: the field's own type (str, int, float)
+
+
+def _option(default: T, flag: str, env: str, help: str = "", **more: Any) -> T:
+    """A config field that rbm-serve also takes as ``flag`` or ``$env`` (the one declaration)."""
+    return field(default=default, metadata={"cli": Flag(flag, env, help, **more)})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``rbm-serve`` can be told, by flag or environment variable."""
+    """Everything ``rbm-serve`` can be told, by flag or environment variable.
 
-    host: str = "127.0.0.1"
-    port: int = 50051
-    registry: str = "registry"
-    model: str = "rbm"
-    alias: str = "production"
-    device: str = "auto"
-    cache: str = "redis"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "rbmrec"  # every Redis key starts with it; the rating log is PREFIX:ratings
+    Each field made with ``_option`` is a flag and a variable too: the parser is built from
+    these declarations, so a new setting is added here and nowhere else.
+    """
+
+    host: str = _option(
+        "127.0.0.1",
+        "--host",
+        "RBMREC_HOST",
+        "bind address, default loopback only; use 0.0.0.0 to listen on all interfaces",
+    )
+    port: int = _option(
+        50051, "--port", "RBMREC_PORT", "0 picks a free port, named on stdout and in --address-file"
+    )
+    registry: str = _option(DEFAULT_ROOT, "--registry", ENV_VAR, "registry root")
+    model: str = _option("rbm", "--model", "RBMREC_MODEL", "model name in the registry")
+    alias: str = _option("production", "--alias", "RBMREC_ALIAS", "alias to serve and follow")
+    device: str = _option(
+        "auto", "--device", "RBMREC_DEVICE", "where the model runs", choices=("auto", "cpu", "cuda")
+    )
+    cache: str = _option(
+        "redis",
+        "--cache",
+        "RBMREC_CACHE",
+        "where hidden states and streamed ratings live",
+        choices=("redis", "memory"),
+    )
+    redis_url: str = _option("redis://127.0.0.1:6379/0", "--redis-url", "REDIS_URL", "Redis URL")
+    redis_prefix: str = _option(
+        "rbmrec",
+        "--redis-prefix",
+        "RBMREC_REDIS_PREFIX",
+        "prefix of every Redis key; the rating log is PREFIX:ratings",
+    )
     cache_ttl_s: int = 86_400
-    cache_capacity: int = 100_000  # users kept in the in-process cache (and Redis fallback)
-    max_batch_size: int = 64
-    max_batch_wait_us: int = 0
-    max_queue: int = 2048
-    poll_interval_s: float = 1.0
-    backend: str = "torch"
-    metrics_port: int | None = None  # None: no /metrics endpoint; 0 picks a free port
-    torch_threads: int = 1  # one beat two on a 2-core host: the event loop needs the other
+    cache_capacity: int = _option(
+        100_000,
+        "--cache-capacity",
+        "RBMREC_CACHE_CAPACITY",
+        "users whose hidden state the in-process cache (and the Redis fallback) keeps",
+    )
+    max_batch_size: int = _option(
+        64, "--max-batch-size", "RBMREC_MAX_BATCH_SIZE", "1 turns batching off"
+    )
+    max_batch_wait_us: int = _option(
+        0, "--max-batch-wait-us", "RBMREC_MAX_BATCH_WAIT_US", "how long a batch waits to fill"
+    )
+    max_queue: int = _option(
+        2048, "--max-queue", "RBMREC_MAX_QUEUE", "requests waiting beyond it are refused"
+    )
+    poll_interval_s: float = _option(
+        1.0, "--poll-interval", "RBMREC_POLL_INTERVAL", "seconds between checks of the alias"
+    )
+    backend: str = _option(
+        "torch",
+        "--backend",
+        "RBMREC_BACKEND",
+        "run the scoring pass with PyTorch or the version's ONNX export",
+        choices=BACKENDS,
+    )
+    metrics_port: int | None = _option(
+        None,
+        "--metrics-port",
+        "RBMREC_METRICS_PORT",
+        "serve Prometheus /metrics on this port (0 picks one; none: off); plain HTTP on "
+        "--host even with TLS",
+    )
+    # One beat two on a 2-core host: the event loop needs the other.
+    torch_threads: int = _option(
+        1,
+        "--torch-threads",
+        "RBMREC_TORCH_THREADS",
+        "threads of one model pass; see bench/README.md",
+    )
     grace_s: float = 5.0
     # Paths only: the secrets themselves never enter the config, which is logged.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None  # set: mutual TLS, a client certificate it signed required
-    auth_token_file: str | None = None
+    tls_cert: str | None = _option(
+        None,
+        "--tls-cert",
+        "RBMREC_TLS_CERT",
+        "PEM certificate chain: serve TLS; needs --tls-key",
+        metavar="PATH",
+    )
+    tls_key: str | None = _option(
+        None, "--tls-key", "RBMREC_TLS_KEY", "PEM private key of --tls-cert", metavar="PATH"
+    )
+    tls_client_ca: str | None = _option(
+        None,
+        "--tls-client-ca",
+        "RBMREC_TLS_CLIENT_CA",
+        "PEM CA: mutual TLS, clients need a certificate it signed",
+        metavar="PATH",
+    )
+    auth_token_file: str | None = _option(
+        None,
+        "--auth-token-file",
+        "RBMREC_AUTH_TOKEN_FILE",
+        "require 'authorization: Bearer <token in this file>' on every RPC but health; "
+        "without it, the token itself may be in $RBMREC_AUTH_TOKEN",
+        metavar="PATH",
+    )
+    address_file: str | None = _option(
+        None,
+        "--address-file",
+        "RBMREC_ADDRESS_FILE",
+        'once serving, write {"address": HOST:PORT, "metrics": URL or null, "pid": N} '
+        "here as JSON (atomically; removed at shutdown)",
+        metavar="PATH",
+    )
+    log_level: str = _option(
+        "INFO", "--log-level", "RBMREC_LOG_LEVEL", "log level", choices=LOG_LEVELS, parse=str.upper
+    )
+    log_format: str = _option(
+        "text",
+        "--log-format",
+        "RBMREC_LOG_FORMAT",
+        "json: one JSON object per log line",
+        choices=("text", "json"),
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if self.cache not in ("redis", "memory"):
-            raise ValueError(f"cache must be redis or memory, got {self.cache!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        _check_choices(self)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics port must be in 0..65535, got {self.metrics_port}")
         if self.cache_capacity < 1:
@@ -107,6 +227,23 @@ class ServerConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+def cli_options() -> Iterator[tuple[dataclasses.Field[Any], Flag]]:
+    """Each ``ServerConfig`` field that is a flag, with its declaration, in --help order."""
+    for f in dataclasses.fields(ServerConfig):
+        if "cli" in f.metadata:
+            yield f, f.metadata["cli"]
+
+
+def _check_choices(config: ServerConfig) -> None:
+    # argparse checks choices on the command line only: values from the environment and
+    # from code meet this check instead.
+    for f, flag in cli_options():
+        value = getattr(config, f.name)
+        if flag.choices and value not in flag.choices:
+            allowed = ", ".join(flag.choices)
+            raise ValueError(f"{f.name.replace('_', ' ')} must be one of {allowed}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -266,8 +403,48 @@ def _bind(server: grpc.aio.Server, config: ServerConfig, security: Security) -> 
     return server.add_secure_port(address, security.credentials)
 
 
-async def serve(config: ServerConfig, security: Security | None = None) -> None:
-    """Run the server until SIGTERM/SIGINT, then stop accepting, finish in-flight work, exit."""
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal in brackets so that the port stays unambiguous."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _serve_metrics(app: _App, config: ServerConfig) -> str | None:
+    """Start /metrics if asked for; its URL, or None."""
+    if config.metrics_port is None:
+        return None
+    try:
+        port = app.metrics.serve_http(config.metrics_port, config.host)
+    except OSError as exc:
+        raise RuntimeError(f"cannot serve metrics on port {config.metrics_port}: {exc}") from None
+    url = f"http://{_host_port(config.host, port)}/metrics"
+    print(f"metrics on {url}", flush=True)
+    return url
+
+
+def write_address_file(path: Path, content: Mapping[str, object]) -> None:
+    """Write ``content`` as JSON to ``path`` atomically: a reader sees all of it or no file."""
+    # The temporary file sits next to the target: a rename within one filesystem is atomic.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(dict(content)) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"cannot write the address file {path}: {exc}") from None
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(config: ServerConfig, security: Security | None = None) -> str:
+    """Serve until SIGTERM/SIGINT, finish in-flight work, stop; return the HOST:PORT it bound."""
     if security is None:
         security = Security.load(config)
     torch.set_num_threads(config.torch_threads)
@@ -275,14 +452,8 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
     # No SO_REUSEPORT: a second server on a taken port must fail, not split the traffic.
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     app = await _build(config, server)
-    port = _bind(server, config, security)
-    if config.metrics_port is not None:
-        try:
-            metrics_port = app.metrics.serve_http(config.metrics_port, config.host)
-        except OSError as exc:
-            where = f"port {config.metrics_port}"
-            raise RuntimeError(f"cannot serve metrics on {where}: {exc}") from None
-        print(f"metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    address = _host_port(config.host, _bind(server, config, security))
+    metrics_url = _serve_metrics(app, config)
     settle_heap()
     await server.start()
     app.recommender.batcher.start()
@@ -292,16 +463,13 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
     log.info("config: %s", shown)
     log.info("security: %s", security.describe(config))
     version = app.holder.engine.version if app.holder.engine else "none yet"
-    print(
-        f"serving {config.model}@{config.alias} version {version} on {config.host}:{port}",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    print(f"serving {config.model}@{config.alias} version {version} on {address}", flush=True)
+    address_file = Path(config.address_file) if config.address_file else None
     try:
-        await stop.wait()
+        if address_file:  # after the line above: who sees the file also finds the line
+            content = {"address": address, "metrics": metrics_url, "pid": os.getpid()}
+            write_address_file(address_file, content)
+        await _until_signalled()
     finally:
         log.info("shutting down: finishing in-flight requests")
         await app.health.enter_graceful_shutdown()
@@ -309,120 +477,44 @@ async def serve(config: ServerConfig, security: Security | None = None) -> None:
         watcher.cancel()
         await app.recommender.close()
         await app.cache.close()
+        if address_file:  # the address is no longer served: a stale file would mislead
+            address_file.unlink(missing_ok=True)
+    return address
 
 
-def _parser() -> argparse.ArgumentParser:
-    # Defaults from the environment stay strings: argparse converts them with the flag's
-    # type, so a bad value gets its usage error instead of a traceback.
-    d = ServerConfig()
-    env = os.environ.get
+def _scalar(hint: Any) -> Callable[[str], Any]:
+    """The type a flag's text becomes: a field's type, without the ``| None``."""
+    types = [t for t in typing.get_args(hint) if t is not type(None)]
+    parse: Callable[[str], Any] = types[0] if types else hint
+    return parse
+
+
+def _metavar(flag: str) -> str:
+    """``--poll-interval`` -> POLL_INTERVAL: named after the flag, not the field."""
+    return flag.removeprefix("--").replace("-", "_").upper()
+
+
+def _parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """The command line, from ``ServerConfig``'s declarations, defaults taken from ``env``."""
     p = argparse.ArgumentParser(
         prog="rbm-serve", description="Serve rbmrec.v1.Recommender over gRPC."
     )
-    p.add_argument(
-        "--host",
-        default=env("RBMREC_HOST", d.host),
-        help="bind address, default loopback only; use 0.0.0.0 to listen on all interfaces "
-        "($RBMREC_HOST)",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=env("RBMREC_PORT", str(d.port)),
-        help="0 picks a free port and prints it ($RBMREC_PORT)",
-    )
-    p.add_argument(
-        "--registry", default=None, help="registry root (else $RBMREC_REGISTRY, else ./registry)"
-    )
-    p.add_argument("--model", default=env("RBMREC_MODEL", d.model))
-    p.add_argument("--alias", default=env("RBMREC_ALIAS", d.alias))
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default=env("RBMREC_DEVICE", d.device)
-    )
-    p.add_argument("--cache", choices=("redis", "memory"), default=env("RBMREC_CACHE", d.cache))
-    p.add_argument("--redis-url", default=env("REDIS_URL", d.redis_url), help="($REDIS_URL)")
-    p.add_argument(
-        "--redis-prefix",
-        default=env("RBMREC_REDIS_PREFIX", d.redis_prefix),
-        help="prefix of every Redis key ($RBMREC_REDIS_PREFIX)",
-    )
-    p.add_argument(
-        "--cache-capacity",
-        type=int,
-        default=d.cache_capacity,
-        help="users whose hidden state the in-process cache keeps",
-    )
-    p.add_argument(
-        "--max-batch-size", type=int, default=d.max_batch_size, help="1 turns batching off"
-    )
-    p.add_argument("--max-batch-wait-us", type=int, default=d.max_batch_wait_us)
-    p.add_argument("--max-queue", type=int, default=d.max_queue)
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=env("RBMREC_TORCH_THREADS", str(d.torch_threads)),
-        help="threads of one model pass ($RBMREC_TORCH_THREADS); see bench/README.md",
-    )
-    p.add_argument(
-        "--poll-interval",
-        type=float,
-        default=d.poll_interval_s,
-        help="seconds between checks of the registry alias",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=env("RBMREC_BACKEND", d.backend),
-        help="run the scoring pass with PyTorch or the version's ONNX export",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=env("RBMREC_METRICS_PORT") or None,
-        help="serve Prometheus /metrics on this port (0 picks one; default off); plain HTTP "
-        "on --host even with TLS ($RBMREC_METRICS_PORT)",
-    )
-    _security_flags(p)
-    p.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-        default=env("RBMREC_LOG_LEVEL", "INFO"),
-        help="($RBMREC_LOG_LEVEL)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=env("RBMREC_LOG_FORMAT", "text"),
-        help="json: one JSON object per log line",
-    )
+    hints = typing.get_type_hints(ServerConfig)
+    for f, flag in cli_options():
+        shown = "none" if f.default is None else f.default
+        p.add_argument(
+            flag.flag,
+            dest=f.name,
+            type=flag.parse or _scalar(hints[f.name]),
+            choices=flag.choices or None,
+            metavar=flag.metavar or (None if flag.choices else _metavar(flag.flag)),
+            # A value from the environment stays a string: argparse converts it with the
+            # flag's type, so a bad one gets a usage error instead of a traceback. An empty
+            # variable counts as unset, as compose and Kubernetes write unset ones.
+            default=env.get(flag.env) or f.default,
+            help=" ".join(filter(None, [flag.help, f"(env ${flag.env}, default {shown})"])),
+        )
     return p
-
-
-def _security_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument(
-        "--tls-cert",
-        default=env("RBMREC_TLS_CERT"),
-        metavar="PATH",
-        help="PEM certificate chain: serve TLS (with --tls-key; $RBMREC_TLS_CERT)",
-    )
-    p.add_argument(
-        "--tls-key", default=env("RBMREC_TLS_KEY"), metavar="PATH", help="($RBMREC_TLS_KEY)"
-    )
-    p.add_argument(
-        "--tls-client-ca",
-        default=env("RBMREC_TLS_CLIENT_CA"),
-        metavar="PATH",
-        help="PEM CA: mutual TLS, clients need a certificate it signed ($RBMREC_TLS_CLIENT_CA)",
-    )
-    p.add_argument(
-        "--auth-token-file",
-        default=env("RBMREC_AUTH_TOKEN_FILE"),
-        metavar="PATH",
-        help="require 'authorization: Bearer <token in this file>' on every RPC but health "
-        "($RBMREC_AUTH_TOKEN_FILE; else the token itself in $RBMREC_AUTH_TOKEN)",
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,29 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        config = ServerConfig(
-            host=args.host,
-            port=args.port,
-            registry=str(resolve_root(args.registry)),
-            model=args.model,
-            alias=args.alias,
-            device=args.device,
-            cache=args.cache,
-            redis_url=args.redis_url,
-            redis_prefix=args.redis_prefix,
-            max_batch_size=args.max_batch_size,
-            max_batch_wait_us=args.max_batch_wait_us,
-            max_queue=args.max_queue,
-            torch_threads=args.torch_threads,
-            poll_interval_s=args.poll_interval,
-            backend=args.backend,
-            cache_capacity=args.cache_capacity,
-            metrics_port=args.metrics_port,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            auth_token_file=args.auth_token_file,
-        )
+        values = {f.name: getattr(args, f.name) for f, _ in cli_options()}
+        config = ServerConfig(**{**values, "registry": str(resolve_root(args.registry))})
         security = Security.load(config)
     except ValueError as exc:
         print(f"rbm-serve: error: {exc}", file=sys.stderr)
