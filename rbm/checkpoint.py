@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from rbm.implicit import implicit_config, implicit_hidden_input
-from rbm.model import (
-    RANKINGS,
-    Ranking,
-    RatingsBatch,
-    RBMConfig,
-    RBMParams,
-    hidden_input,
-    level_probabilities,
-)
+from rbm.encoder import HiddenEncoder
+from rbm.implicit import implicit_config
+from rbm.model import RANKINGS, ItemModel, Ranking, RatingsBatch, RBMConfig, RBMParams
+from rbm.scoring import Scorer
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -36,31 +31,20 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "smoke_test",
-    "stacked_hidden_pre",
 ]
 
 FORMAT = "rbmrec-checkpoint/1"
 TENSORS_FILE = "model.safetensors"
 JSON_FILE = "model.json"
 CHECKPOINT_FILES = (TENSORS_FILE, JSON_FILE)
+# The checkpoint's own tensors, stored under their field names; the RBMs' parameters are
+# stored by RBMParams.named under these prefixes.
+DATA_TENSORS = ("movie_ids", "user_ids", "user_indptr", "user_movies", "user_levels", "popularity")
+IMPLICIT_PREFIX, ITEM_PREFIX = "implicit_", "item_"
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, unreadable or inconsistent."""
-
-
-@dataclass
-class ItemModel:
-    """The item-based softmax RBM: a case per movie, visible units = the training users.
-
-    Its visible unit k*U + u is "user row u rated the movie at level k", with user rows
-    those of ``Checkpoint.user_ids``. ``movie_hidden`` holds P(h | the movie's training
-    ratings); ``blend`` is the share of its prediction for users it knows.
-    """
-
-    params: RBMParams  # weights (K*U, F2), visible_bias (K*U,), hidden_bias (F2,)
-    movie_hidden: Tensor  # (M, F2)
-    blend: float
 
 
 @dataclass
@@ -81,25 +65,64 @@ class Checkpoint:
     ranking: Ranking = "expected_rating"  # which ranking score of rbm.scoring the server uses
     implicit: RBMParams | None = None  # the implicit-feedback RBM (rbm.implicit), if trained
     item: ItemModel | None = None  # the item-based RBM, if trained
+    blend_ranking: bool = False  # whether the item-based blend also enters the ranking
 
     @property
     def hidden_width(self) -> int:
         """Width of a user's hidden pre-activation: F, plus F' with an implicit RBM."""
-        extra = 0 if self.implicit is None else self.implicit.hidden_bias.numel()
-        return self.config.n_hidden + extra
+        return self.encoder().width
+
+    @cached_property
+    def movie_index(self) -> dict[int, int]:
+        """MovieLens movie id -> catalogue index."""
+        return {int(m): i for i, m in enumerate(self.movie_ids.tolist())}
+
+    @cached_property
+    def user_row(self) -> dict[int, int]:
+        """MovieLens user id -> row of the users seen in training (and in the item RBM)."""
+        return {int(u): i for i, u in enumerate(self.user_ids.tolist())}
+
+    @cached_property
+    def level_of(self) -> dict[float, int]:
+        """Rating value -> level index."""
+        return {float(v): i for i, v in enumerate(self.levels)}
+
+    def encoder(self, device: torch.device | str = "cpu") -> HiddenEncoder:
+        """Ratings -> hidden pre-activations, with the RBMs' parameters on ``device``."""
+        implicit = None if self.implicit is None else self.implicit.to(device)
+        return HiddenEncoder(self.params.to(device), implicit, self.config.n_movies)
 
     def hidden_pre(self, batch: RatingsBatch) -> Tensor:
         """The users' hidden pre-activations, both models side by side: (B, hidden_width)."""
-        return stacked_hidden_pre(self.params, self.implicit, batch, self.config.n_movies)
+        return self.encoder().encode(batch)
+
+    def scorer(self, device: torch.device | str = "cpu") -> Scorer:
+        """The serving pass, with the ranking score this model was trained to use."""
+        levels = torch.tensor(self.levels, dtype=torch.float32)
+        scorer = Scorer(
+            self.params, levels, self.ranking, self.popularity, self.implicit, self.item
+        )
+        return scorer.eval().to(device)
+
+    @cached_property
+    def _bounds(self) -> list[int]:
+        # A list: indexing it is ~10x cheaper than a tensor, and serving does it per request.
+        bounds: list[int] = self.user_indptr.tolist()
+        return bounds
+
+    def training_ratings(self, row: int) -> tuple[Tensor, Tensor]:
+        """Movie and level indices the user at ``row`` rated in training: two views, no copy."""
+        lo, hi = self._bounds[row], self._bounds[row + 1]
+        return self.user_movies[lo:hi], self.user_levels[lo:hi]
 
     def user_batch(self, user_rows: list[int]) -> RatingsBatch:
         """The training ratings of the users at ``user_rows`` (indices into user_ids)."""
         rows, movies, levels = [], [], []
         for b, u in enumerate(user_rows):
-            lo, hi = int(self.user_indptr[u]), int(self.user_indptr[u + 1])
-            movies.append(self.user_movies[lo:hi])
-            levels.append(self.user_levels[lo:hi])
-            rows.append(torch.full((hi - lo,), b, dtype=torch.int64))
+            user_movies, user_levels = self.training_ratings(u)
+            movies.append(user_movies)
+            levels.append(user_levels)
+            rows.append(torch.full((user_movies.numel(),), b, dtype=torch.int64))
         empty = torch.empty(0, dtype=torch.int64)
         return RatingsBatch(
             rows=torch.cat(rows) if rows else empty,
@@ -151,44 +174,16 @@ class Checkpoint:
             raise CheckpointError("a user rating has an unknown level")
 
 
-def stacked_hidden_pre(
-    params: RBMParams, implicit: RBMParams | None, batch: RatingsBatch, n_movies: int
-) -> Tensor:
-    """Softmax-RBM pre-activation, then the implicit RBM's if there is one: (B, F [+ F'])."""
-    pre = hidden_input(params, batch, n_movies)
-    if implicit is None:
-        return pre
-    return torch.cat([pre, implicit_hidden_input(implicit, batch)], dim=1)
-
-
 def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
     """Write ``ckpt`` into ``directory`` (created if missing)."""
     ckpt.check()
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        "weights": ckpt.params.weights,
-        "visible_bias": ckpt.params.visible_bias,
-        "hidden_bias": ckpt.params.hidden_bias,
-        "movie_ids": ckpt.movie_ids,
-        "user_ids": ckpt.user_ids,
-        "user_indptr": ckpt.user_indptr,
-        "user_movies": ckpt.user_movies,
-        "user_levels": ckpt.user_levels,
-        "popularity": ckpt.popularity,
-    }
-    if ckpt.item is not None:
-        tensors |= {
-            "item_weights": ckpt.item.params.weights,
-            "item_visible_bias": ckpt.item.params.visible_bias,
-            "item_hidden_bias": ckpt.item.params.hidden_bias,
-            "item_movie_hidden": ckpt.item.movie_hidden,
-        }
+    tensors = ckpt.params.named() | {name: getattr(ckpt, name) for name in DATA_TENSORS}
     if ckpt.implicit is not None:
-        tensors |= {
-            "implicit_weights": ckpt.implicit.weights,
-            "implicit_visible_bias": ckpt.implicit.visible_bias,
-            "implicit_hidden_bias": ckpt.implicit.hidden_bias,
-        }
+        tensors |= ckpt.implicit.named(IMPLICIT_PREFIX)
+    if ckpt.item is not None:
+        tensors |= ckpt.item.params.named(ITEM_PREFIX)
+        tensors[ITEM_PREFIX + "movie_hidden"] = ckpt.item.movie_hidden
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         str(directory / TENSORS_FILE),
@@ -205,6 +200,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "dataset": ckpt.dataset,
         "ranking": ckpt.ranking,
         "item_blend": None if ckpt.item is None else ckpt.item.blend,
+        "blend_ranking": ckpt.blend_ranking,
     }
     (directory / JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -224,33 +220,27 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         config = RBMConfig(**meta["config"])
         ckpt = Checkpoint(
             config=config,
-            params=RBMParams(t["weights"], t["visible_bias"], t["hidden_bias"]),
+            params=RBMParams.from_named(t),
             levels=tuple(float(x) for x in meta["levels"]),
-            movie_ids=t["movie_ids"],
             titles=list(meta["titles"]),
-            user_ids=t["user_ids"],
-            user_indptr=t["user_indptr"],
-            user_movies=t["user_movies"],
-            user_levels=t["user_levels"],
-            popularity=t["popularity"],
             dataset=str(meta.get("dataset", "")),
             ranking=meta.get("ranking", "expected_rating"),
+            blend_ranking=bool(meta.get("blend_ranking", False)),
             implicit=(
-                RBMParams(
-                    t["implicit_weights"], t["implicit_visible_bias"], t["implicit_hidden_bias"]
-                )
-                if "implicit_weights" in t
+                RBMParams.from_named(t, IMPLICIT_PREFIX)
+                if IMPLICIT_PREFIX + "weights" in t
                 else None
             ),
             item=(
                 ItemModel(
-                    RBMParams(t["item_weights"], t["item_visible_bias"], t["item_hidden_bias"]),
-                    t["item_movie_hidden"],
+                    RBMParams.from_named(t, ITEM_PREFIX),
+                    t[ITEM_PREFIX + "movie_hidden"],
                     float(meta["item_blend"]),
                 )
-                if "item_weights" in t
+                if ITEM_PREFIX + "weights" in t
                 else None
             ),
+            **{name: t[name] for name in DATA_TENSORS},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"inconsistent checkpoint in {directory}: {exc}") from exc
@@ -259,17 +249,21 @@ def load_checkpoint(directory: Path) -> Checkpoint:
 
 
 def smoke_test(directory: Path) -> None:
-    """Load the checkpoint and predict for one user; raise if anything is off."""
+    """Load the checkpoint and run the serving pass for one user; raise if anything is off."""
     ckpt = load_checkpoint(directory)
-    rows = [0] if ckpt.user_ids.numel() else []
+    row = [0] if ckpt.user_ids.numel() else []
     batch = (
-        ckpt.user_batch(rows)
-        if rows
+        ckpt.user_batch(row)
+        if row
         else RatingsBatch(*(torch.empty(0, dtype=torch.int64),) * 3, n_rows=1)
     )
-    pre = ckpt.hidden_pre(batch)
-    hidden = torch.sigmoid(pre[:, : ckpt.config.n_hidden])
-    probs = level_probabilities(ckpt.params, hidden, ckpt.config.n_levels)
-    sums = probs.sum(dim=1)
-    if not bool(torch.isfinite(probs).all()) or not torch.allclose(sums, torch.ones_like(sums)):
-        raise CheckpointError("the model's predictions are not valid probabilities")
+    item_rows = torch.tensor([0 if row else -1])
+    scorer = ckpt.scorer()
+    with torch.inference_mode():
+        scores, logits = scorer.score(ckpt.hidden_pre(batch), item_rows)
+        predicted = scorer.predict_at(logits, item_rows, None)
+    low, high = ckpt.levels[0], ckpt.levels[-1]
+    if not bool(torch.isfinite(scores).all()):
+        raise CheckpointError("the model's ranking scores are not finite")
+    if not bool(((predicted >= low - 1e-4) & (predicted <= high + 1e-4)).all()):
+        raise CheckpointError(f"the model's predicted ratings leave the scale [{low}, {high}]")

@@ -15,7 +15,7 @@ ONNX export. It imports only torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ __all__ = [
     "LIKED_AT",
     "RANKINGS",
     "CDStats",
+    "ItemModel",
     "RBMConfig",
     "RBMParams",
     "Ranking",
@@ -62,6 +63,9 @@ class RBMConfig:
         return self.n_levels * self.n_movies
 
 
+_PARAM_NAMES = ("weights", "visible_bias", "hidden_bias")
+
+
 @dataclass
 class RBMParams:
     """Weights (K*M, F), visible biases (K*M,) and hidden biases (F,)."""
@@ -85,6 +89,19 @@ class RBMParams:
             self.weights.to(device), self.visible_bias.to(device), self.hidden_bias.to(device)
         )
 
+    def clone(self) -> RBMParams:
+        """A copy that later in-place updates of this one do not touch."""
+        return RBMParams(self.weights.clone(), self.visible_bias.clone(), self.hidden_bias.clone())
+
+    def named(self, prefix: str = "") -> dict[str, Tensor]:
+        """The three tensors under the names a checkpoint file stores them by."""
+        return {prefix + name: getattr(self, name) for name in _PARAM_NAMES}
+
+    @classmethod
+    def from_named(cls, tensors: dict[str, Tensor], prefix: str = "") -> RBMParams:
+        """The inverse of ``named``; KeyError if one is missing."""
+        return cls(*(tensors[prefix + name] for name in _PARAM_NAMES))
+
     def check(self, config: RBMConfig) -> None:
         """Raise ValueError if the tensors do not match ``config`` or hold NaN/inf."""
         expected = {
@@ -98,6 +115,20 @@ class RBMParams:
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} holds NaN or infinite values")
+
+
+@dataclass
+class ItemModel:
+    """The item-based softmax RBM: a case per movie, visible units = the training users.
+
+    Its visible unit k*U + u is "user row u rated the movie at level k", with user rows
+    those of ``Checkpoint.user_ids``. ``movie_hidden`` holds P(h | the movie's training
+    ratings); ``blend`` is the share of its prediction for users it knows.
+    """
+
+    params: RBMParams  # weights (K*U, F2), visible_bias (K*U,), hidden_bias (F2,)
+    movie_hidden: Tensor  # (M, F2)
+    blend: float
 
 
 @dataclass(frozen=True)
@@ -120,7 +151,10 @@ class RatingsBatch:
         )
 
 
-def visible_units(movies: Tensor, levels: Tensor, n_movies: int) -> Tensor:
+IndexT = TypeVar("IndexT", int, Tensor)
+
+
+def visible_units(movies: IndexT, levels: IndexT, n_movies: int) -> IndexT:
     """Index of the visible unit for (movie, level) pairs: ``level * M + movie``."""
     return levels * n_movies + movies
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from rbm.scoring import scorer_for
 
 __all__ = [
     "INPUT_NAME",
@@ -52,7 +51,7 @@ def export_checkpoint(ckpt: Checkpoint, output: Path) -> None:
     """Write the ONNX model of ``ckpt``'s serving pass to ``output``."""
     import onnx  # imported here: only export needs it
 
-    scorer = scorer_for(ckpt).to("cpu")
+    scorer = ckpt.scorer("cpu")
     example = (torch.zeros(2, ckpt.hidden_width), torch.zeros(2, dtype=torch.int64))
     batch = torch.export.Dim("batch")
     with _quiet_exporter():

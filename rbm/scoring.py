@@ -21,15 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rbm.checkpoint import Checkpoint, ItemModel
 from rbm.implicit import log_sigmoid
-from rbm.model import LIKED_AT, RANKINGS, Ranking, RBMParams
+from rbm.model import LIKED_AT, RANKINGS, ItemModel, Ranking, RBMParams
 
-__all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer", "scorer_for"]
+__all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer"]
 
 
 class Scorer(nn.Module):
-    """(hidden pre-activation (B, width), item rows (B,)) -> (score (B, M), expected (B, M)).
+    """The one scoring API: ``score`` ranks every movie, ``predict_at`` gives ratings.
+
+    ``forward`` (hidden pre-activation (B, width), item rows (B,)) -> (score (B, M),
+    predicted (B, M)) is the same pass over every movie, for the ONNX export.
 
     ``item_rows`` are the users' rows in the item-based RBM (their training index), -1 for
     users it does not know; they matter only when the scorer has an item-based RBM.
@@ -53,6 +55,7 @@ class Scorer(nn.Module):
         popularity: Tensor | None = None,
         implicit: RBMParams | None = None,
         item: ItemModel | None = None,
+        blend_ranking: bool = False,
     ) -> None:
         super().__init__()
         if ranking not in RANKINGS:
@@ -84,29 +87,21 @@ class Scorer(nn.Module):
             self.register_buffer("item_bias", bias.to(like))  # (U, K)
             self.register_buffer("movie_hidden_t", item.movie_hidden.t().contiguous().to(like))
         self.ranking = ranking
+        # Rank on the blended level distribution too (costs an item pass over every movie).
+        self.blend_ranking = blend_ranking and self.blend > 0.0 and ranking != "rated"
         self.liked_from = int((levels < LIKED_AT).sum())  # first level counted as liked
 
     def forward(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores and expected ratings for every movie, the item-based blend included."""
-        score, expected = self.rank(hidden_pre)
-        if self.blend > 0.0:
-            item = self._item_expected(item_rows, self.movie_hidden_t)  # (B, M)
-            share = self._share(item_rows)  # (B, 1)
-            expected = share * item + (1 - share) * expected
-        return score, expected
+        """Scores and predicted ratings of every movie (B, M) each: the exported graph."""
+        score, logits = self.score(hidden_pre, item_rows)
+        return score, self.predict_at(logits, item_rows, None)
 
-    def rank(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
-        """Ranking scores and the user-based RBM's expected ratings, for every movie."""
-        score, logits = self.score_logits(hidden_pre)
-        return score, self._expected(logits)
+    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Ranking scores (B, M) and the user-based rating-level logits (B, K, M).
 
-    def score_logits(self, hidden_pre: Tensor) -> tuple[Tensor, Tensor]:
-        """Ranking scores (B, M) and the rating-level logits (B, K, M) they came from.
-
-        The serving path ranks on the scores and then needs expected ratings only at the
-        movies it returns (``expected_at``): a (B, K, n) softmax instead of a (B, K, M) one.
-        The item-based RBM, which refines predicted ratings only, is likewise left to
-        ``blend_at``.
+        Serving ranks on the scores and then needs predicted ratings only at the movies it
+        returns (``predict_at`` on these logits): a (B, K, n) softmax, not a (B, K, M) one.
+        ``item_rows`` matter only when the ranking includes the item-based blend.
         """
         batch = hidden_pre.shape[0]
         hidden = torch.sigmoid(hidden_pre[:, : self.n_hidden])  # (B, F)
@@ -114,44 +109,64 @@ class Scorer(nn.Module):
             batch, self.n_levels, -1
         )  # (B, K, M)
         if self.ranking == "expected_rating":
+            if self.blend_ranking:
+                return self.predict_at(logits, item_rows, None), logits
             return self._expected(logits), logits
         log_rated = self._log_rated(hidden_pre[:, self.n_hidden :])  # (B, M) or (M,)
         if self.ranking == "rated":
             return log_rated.expand(batch, -1), logits
+        return self._log_liked(logits, item_rows) + log_rated, logits
+
+    def _log_liked(self, logits: Tensor, item_rows: Tensor) -> Tensor:
         # log P(rating >= 4): two log-sum-exps over levels, stable where softmax-then-log
         # underflows, and one pass fewer over the (B, K, M) logits.
-        log_liked = torch.logsumexp(logits[:, self.liked_from :, :], dim=1) - torch.logsumexp(
+        user = torch.logsumexp(logits[:, self.liked_from :, :], dim=1) - torch.logsumexp(
             logits, dim=1
         )
-        return log_liked + log_rated, logits
+        if not self.blend_ranking:
+            return user
+        # The blend mixes the two models' level distributions with weight `share`, so
+        # P(liked) mixes the same way (and its expected rating is predict_at's blend).
+        item_logits = self._item_logits(item_rows, self.movie_hidden_t)  # (B, K, M)
+        item = torch.logsumexp(item_logits[:, self.liked_from :, :], dim=1) - torch.logsumexp(
+            item_logits, dim=1
+        )
+        share = self._share(item_rows)
+        mixed = share * torch.exp(item) + (1 - share) * torch.exp(user)
+        return torch.log(mixed.clamp(min=1e-30))
 
-    def expected_at(self, logits: Tensor, movies: Tensor) -> Tensor:
-        """The user-based RBM's expected ratings at ``movies`` (B, n), from ``score_logits``."""
-        picked = torch.gather(logits, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
-        return self._expected(picked)  # (B, n)
+    def predict_at(self, logits: Tensor, item_rows: Tensor, movies: Tensor | None) -> Tensor:
+        """Predicted ratings at ``movies`` (B, n), or every movie for None: (B, n or M).
+
+        The user-based RBM's expected rating, blended with the item-based RBM's for the
+        users it knows (``item_rows`` >= 0). ``logits`` come from ``score``.
+        """
+        if movies is None:
+            expected = self._expected(logits)
+            columns = self.movie_hidden_t if self.blend > 0.0 else None  # (F2, M)
+        else:
+            picked = torch.gather(logits, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
+            expected = self._expected(picked)
+            columns = self.movie_hidden_t.t()[movies].transpose(1, 2) if self.blend > 0.0 else None
+        if columns is None:
+            return expected
+        item = self._expected(self._item_logits(item_rows, columns))  # (B, n)
+        share = self._share(item_rows)
+        return share * item + (1 - share) * expected
 
     def _expected(self, logits: Tensor) -> Tensor:
         return (torch.softmax(logits, dim=1) * self.levels).sum(dim=1)
 
-    def blend_at(self, expected: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
-        """Blend the item-based RBM into user-based expected ratings at ``movies``: (B, n)."""
-        if self.blend == 0.0:
-            return expected
-        columns = self.movie_hidden_t.t()[movies].transpose(1, 2)  # (B, F2, n)
-        item = self._item_expected(item_rows, columns)
-        share = self._share(item_rows)
-        return share * item + (1 - share) * expected
-
-    def _item_expected(self, item_rows: Tensor, movie_hidden_t: Tensor) -> Tensor:
+    def _item_logits(self, item_rows: Tensor, movie_hidden_t: Tensor) -> Tensor:
         # Row u's K weight rows against the movies' hidden probabilities, (F2, M) for every
-        # movie or (B, F2, n) for some: one matrix product either way.
+        # movie or (B, F2, n) for some: one matrix product either way. -> (B, K, n)
         rows = item_rows.clamp(min=0)
-        logits = torch.matmul(self.item_weights[rows], movie_hidden_t)  # (B, K, n)
-        probs = torch.softmax(logits + self.item_bias[rows].unsqueeze(2), dim=1)
-        return (probs * self.levels).sum(dim=1)  # (B, n)
+        logits = torch.matmul(self.item_weights[rows], movie_hidden_t)
+        return logits + self.item_bias[rows].unsqueeze(2)
 
     def _share(self, item_rows: Tensor) -> Tensor:
-        return ((item_rows >= 0).to(self.levels.dtype) * self.blend).unsqueeze(1)  # (B, 1)
+        """The item-based model's weight per user: ``blend`` if it knows them, else 0: (B, 1)."""
+        return ((item_rows >= 0).to(self.levels.dtype) * self.blend).unsqueeze(1)
 
     def _log_rated(self, implicit_pre: Tensor) -> Tensor:
         if not self.has_implicit:
@@ -159,11 +174,3 @@ class Scorer(nn.Module):
         p_h = torch.sigmoid(implicit_pre)  # (B, F')
         logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights.t())
         return log_sigmoid(logits)  # (B, M)
-
-
-def scorer_for(ckpt: Checkpoint) -> Scorer:
-    """The serving pass of a checkpoint, with the ranking score it was trained to use."""
-    levels = torch.tensor(ckpt.levels, dtype=torch.float32)
-    return Scorer(
-        ckpt.params, levels, ckpt.ranking, ckpt.popularity, ckpt.implicit, ckpt.item
-    ).eval()

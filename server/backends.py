@@ -1,12 +1,13 @@
 """Scoring backends: the same serving pass run by PyTorch or by ONNX Runtime.
 
-Both take a batch of hidden pre-activations (B, width) and the users' item-RBM rows, rank
-every movie, and then give final predicted ratings at the movies asked for, as torch
-tensors on the engine's device.
+Both take a batch of hidden pre-activations (B, width) and the users' item-RBM rows and
+return the same thing: a ``ScoredBatch`` with every movie's ranking score and a way to get
+final predicted ratings at the movies asked for, as torch tensors on the engine's device.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -16,45 +17,76 @@ from torch import Tensor
 
 from rbm.checkpoint import Checkpoint
 from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, ONNX_FILE
-from rbm.scoring import scorer_for
+from rbm.scoring import Scorer
 
-__all__ = ["BACKENDS", "OnnxPass", "ScorePass", "TorchPass", "make_score_pass"]
+__all__ = ["BACKENDS", "OnnxPass", "ScorePass", "ScoredBatch", "TorchPass", "make_score_pass"]
 
 BACKENDS = ("torch", "onnx")
 
 
+class ScoredBatch(Protocol):
+    """One pass over a batch of users: scores now, predicted ratings on demand."""
+
+    @property
+    def scores(self) -> Tensor:
+        """Ranking scores of every movie: (B, M)."""
+        ...
+
+    def predicted_at(self, rows: Tensor, movies: Tensor) -> Tensor:
+        """Final predicted ratings (R, n) of batch rows ``rows`` (R,) at ``movies`` (R, n)."""
+        ...
+
+
 class ScorePass(Protocol):
-    """One version's scoring pass: rank every movie, then expected ratings at some of them."""
+    """One version's scoring pass."""
 
-    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Ranking scores (B, M) and what ``expected_at`` needs from the same pass."""
+    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
+        """Score every movie for a batch of users."""
         ...
 
-    def expected_at(self, state: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
-        """Final predicted ratings (B, n) at ``movies`` (B, n) of the rows ``state`` holds."""
-        ...
+
+@dataclass(frozen=True)
+class _LogitsScored:
+    """The torch pass keeps the rating-level logits; ratings are computed where asked."""
+
+    scorer: Scorer
+    scores: Tensor  # (B, M)
+    logits: Tensor  # (B, K, M)
+    item_rows: Tensor  # (B,)
+
+    def predicted_at(self, rows: Tensor, movies: Tensor) -> Tensor:
+        """The blended expected ratings at ``movies``: a (R, K, n) softmax, not (R, K, M)."""
+        with torch.inference_mode():
+            return self.scorer.predict_at(self.logits[rows], self.item_rows[rows], movies)
+
+
+@dataclass(frozen=True)
+class _DenseScored:
+    """The exported graph already predicts every movie; ratings are picked from it."""
+
+    scores: Tensor  # (B, M)
+    predicted: Tensor  # (B, M)
+
+    def predicted_at(self, rows: Tensor, movies: Tensor) -> Tensor:
+        """Gather the exported predictions at ``movies``."""
+        return torch.gather(self.predicted[rows], 1, movies)
 
 
 class TorchPass:
-    """The PyTorch pass: ``rbm.scoring.Scorer``, the item-based blend only where served."""
+    """The PyTorch pass: the checkpoint's ``rbm.scoring.Scorer`` on the engine's device."""
 
     def __init__(self, ckpt: Checkpoint, device: torch.device) -> None:
-        self.scorer = scorer_for(ckpt).to(device)
+        self.scorer = ckpt.scorer(device)
 
-    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores and the rating-level logits (B, K, M)."""
+    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
+        """Scores of every movie, and the logits that ratings are computed from."""
         with torch.inference_mode():
-            return self.scorer.score_logits(hidden_pre)
-
-    def expected_at(self, state: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
-        """The user-based expected ratings at ``movies``, blended with the item-based RBM."""
-        with torch.inference_mode():
-            expected = self.scorer.expected_at(state, movies)
-            return self.scorer.blend_at(expected, item_rows, movies)
+            scores, logits = self.scorer.score(hidden_pre, item_rows)
+        return _LogitsScored(self.scorer, scores, logits, item_rows)
 
 
 class OnnxPass:
-    """The registry's ONNX export on ONNX Runtime: it already blends every movie."""
+    """The registry's ONNX export of the same ``Scorer`` on ONNX Runtime."""
 
     def __init__(self, version_dir: Path, device: torch.device) -> None:
         import onnxruntime as ort  # only the onnx backend needs it
@@ -70,20 +102,16 @@ class OnnxPass:
         self.declared = {i.name for i in self.session.get_inputs()}  # the export drops unused
         self.device = device
 
-    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores and the final expected ratings, each (B, M)."""
+    def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
+        """Scores and predicted ratings of every movie, from the exported graph."""
         feed = {INPUT_NAME: hidden_pre.detach().to("cpu", torch.float32).numpy()}
         if ITEM_ROWS_NAME in self.declared:
             feed[ITEM_ROWS_NAME] = item_rows.detach().to("cpu", torch.int64).numpy()
-        scores, expected = self.session.run(None, feed)
-        return (
+        scores, predicted = self.session.run(None, feed)
+        return _DenseScored(
             torch.from_numpy(np.asarray(scores)).to(self.device),
-            torch.from_numpy(np.asarray(expected)).to(self.device),
+            torch.from_numpy(np.asarray(predicted)).to(self.device),
         )
-
-    def expected_at(self, state: Tensor, item_rows: Tensor, movies: Tensor) -> Tensor:
-        """The exported pass's expected ratings at ``movies``."""
-        return torch.gather(state, 1, movies)
 
 
 def make_score_pass(

@@ -1,7 +1,10 @@
-"""One loaded model version on one device: id maps, hidden states and the batched scoring pass.
+"""The request mechanics of one loaded model version: ids, masks, top-n, rows of a batch.
 
-Nothing here knows gRPC or Redis. A request is computed entirely on one ``Engine``, and the
-engine never changes after construction, so a hot swap is replacing a reference.
+The model itself (id maps, hidden pre-activations, the scoring API) is ``rbm``'s
+``Checkpoint``; this wraps it for a batch of requests. Nothing here knows gRPC or Redis, so
+the trainer's evaluation runs this same code. A request is computed entirely on one
+``Engine``, and the engine never changes after construction, so a hot swap is replacing a
+reference.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from server.backends import ScorePass, make_score_pass
+from server.backends import ScoredBatch, ScorePass, make_score_pass
 
 __all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
 
@@ -67,7 +70,11 @@ class Recommendation:
 
 
 class Engine:
-    """A checkpoint ready to serve on ``device`` with one scoring backend."""
+    """A checkpoint ready to serve on ``device`` with one scoring backend.
+
+    ``identity`` names the model's content (version and checksum): cached hidden states are
+    keyed by it, so two registries that both hold a "version 1" never share them.
+    """
 
     def __init__(
         self,
@@ -76,31 +83,36 @@ class Engine:
         device: torch.device,
         scoring: ScorePass,
         backend: str = "torch",
+        identity: str = "",
     ) -> None:
         self.ckpt = ckpt
         self.version = version
+        self.identity = identity or version
         self.device = device
         self.backend = backend
         self.config = ckpt.config
         self.scoring = scoring
-        self.params = ckpt.params.to(device)
-        self.implicit = None if ckpt.implicit is None else ckpt.implicit.to(device)
-        self.hidden_width = ckpt.hidden_width
-        self.movie_index = {int(m): i for i, m in enumerate(ckpt.movie_ids.tolist())}
+        self.encoder = ckpt.encoder(device)
+        self.hidden_width = self.encoder.width
+        self.movie_index = ckpt.movie_index
         self.movie_ids: list[int] = ckpt.movie_ids.tolist()
-        self.user_row = {int(u): i for i, u in enumerate(ckpt.user_ids.tolist())}
-        self.user_bounds: list[int] = ckpt.user_indptr.tolist()
+        self.user_row = ckpt.user_row
+        self.level_of = ckpt.level_of
         self.popularity = ckpt.popularity.to(device)
-        self.level_of = {float(v): i for i, v in enumerate(ckpt.levels)}
 
     @classmethod
     def load(
-        cls, directory: Path, version: str, device: torch.device, backend: str = "torch"
+        cls,
+        directory: Path,
+        version: str,
+        device: torch.device,
+        backend: str = "torch",
+        identity: str = "",
     ) -> Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
         ckpt = load_checkpoint(directory)
         scoring = make_score_pass(backend, ckpt, directory, device)
-        engine = cls(ckpt, version, device, scoring, backend)
+        engine = cls(ckpt, version, device, scoring, backend, identity)
         nobody = UserRatings(_EMPTY, _EMPTY)
         engine.run([-1], [engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
         return engine
@@ -117,11 +129,7 @@ class Engine:
         lack them). Without streamed ratings this is two views into the checkpoint.
         """
         row = self.user_row.get(user_id)
-        if row is None:
-            movies, levels = _EMPTY, _EMPTY
-        else:
-            lo, hi = self.user_bounds[row], self.user_bounds[row + 1]
-            movies, levels = self.ckpt.user_movies[lo:hi], self.ckpt.user_levels[lo:hi]
+        movies, levels = (_EMPTY, _EMPTY) if row is None else self.ckpt.training_ratings(row)
         if not streamed:
             return UserRatings(movies, levels)
         merged = dict(zip(movies.tolist(), levels.tolist(), strict=True))
@@ -135,25 +143,12 @@ class Engine:
         )
 
     def hidden_pre(self, ratings: UserRatings) -> Tensor:
-        """Hidden biases plus the user's weight rows: (hidden_width,) on the device.
-
-        With an implicit RBM its part (biases plus one row per rated movie) follows.
-        """
-        units = (ratings.levels * self.n_movies + ratings.movies).to(self.device)
-        pre = self.params.hidden_bias + self.params.weights[units].sum(0)
-        if self.implicit is None:
-            return pre
-        rated = ratings.movies.to(self.device)
-        return torch.cat([pre, self.implicit.hidden_bias + self.implicit.weights[rated].sum(0)])
+        """The user's hidden pre-activation: (hidden_width,) on the device."""
+        return self.encoder.encode_one(ratings.movies, ratings.levels)
 
     def unit_row(self, movie: int, level: int) -> Tensor:
         """What a rating of ``movie`` at ``level`` adds to the pre-activation: (hidden_width,)."""
-        row = self.params.weights[level * self.n_movies + movie]
-        if self.implicit is None:
-            return row
-        # Changing a rating subtracts the old unit's row and adds the new one: the implicit
-        # part (the movie was rated either way) cancels out, as it should.
-        return torch.cat([row, self.implicit.weights[movie]])
+        return self.encoder.unit_row(movie, level)
 
     @torch.inference_mode()
     def run(
@@ -170,31 +165,38 @@ class Engine:
         """
         h = torch.stack(list(hidden_pre)).to(self.device)  # (B, F)
         item_rows = torch.tensor([self.user_row.get(u, -1) for u in user_ids], device=self.device)
-        scores, state = self.scoring.score(h, item_rows)  # (B, M) and the pass's state
+        scored = self.scoring.score(h, item_rows)
         top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
-        tops = self._top_n(scores, state, item_rows, rated, queries, top_rows) if top_rows else {}
-        out: list[Recommendation | list[float]] = []
-        for b, q in enumerate(queries):
-            if isinstance(q, TopNQuery):
-                out.append(tops[b])
-            else:
-                idx = torch.tensor([q.movies], dtype=torch.int64, device=self.device)  # (1, n)
-                at = self.scoring.expected_at(state[b : b + 1], item_rows[b : b + 1], idx)
-                out.append(at[0].tolist())
-        return out
+        out: dict[int, Recommendation | list[float]] = {}
+        if top_rows:
+            out |= self._top_n(scored, rated, queries, top_rows)
+        predict_rows = [b for b, q in enumerate(queries) if isinstance(q, PredictQuery)]
+        if predict_rows:
+            out |= self._predict(scored, queries, predict_rows)
+        return [out[b] for b in range(len(queries))]
+
+    def _predict(
+        self, scored: ScoredBatch, queries: Sequence[Query], rows: list[int]
+    ) -> dict[int, Recommendation | list[float]]:
+        # All PredictRatings rows in one call, padded to the longest: one copy back.
+        wanted = [q.movies for q in queries if isinstance(q, PredictQuery)]
+        width = max(1, max(len(m) for m in wanted))
+        padded = torch.zeros(len(rows), width, dtype=torch.int64)
+        for r, movies in enumerate(wanted):
+            padded[r, : len(movies)] = torch.tensor(movies, dtype=torch.int64)
+        sel = torch.tensor(rows, device=self.device)
+        values = scored.predicted_at(sel, padded.to(self.device)).tolist()
+        return {b: values[r][: len(m)] for r, (b, m) in enumerate(zip(rows, wanted, strict=True))}
 
     def _top_n(
         self,
-        scores: Tensor,
-        state: Tensor,
-        item_rows: Tensor,
+        scored: ScoredBatch,
         rated: Sequence[UserRatings],
         queries: Sequence[Query],
         rows: list[int],
-    ) -> dict[int, Recommendation]:
-        if len(rows) != len(queries):  # a mixed batch: rank only the Recommend rows
-            sel = torch.tensor(rows, device=self.device)
-            scores, state, item_rows = scores[sel], state[sel], item_rows[sel]  # (R, ...)
+    ) -> dict[int, Recommendation | list[float]]:
+        sel = torch.tensor(rows, device=self.device)
+        scores = scored.scores if len(rows) == len(queries) else scored.scores[sel]  # (R, M)
         tops = [q for q in queries if isinstance(q, TopNQuery)]
         user_rated = [rated[b] for b in rows]
         if not all(user_rated):
@@ -211,11 +213,11 @@ class Engine:
             )
         k = min(max(q.n for q in tops), self.n_movies)
         top_s, top_i = torch.topk(scores, k, dim=1)  # (R, k)
-        top_e = self.scoring.expected_at(state, item_rows, top_i)
+        top_e = scored.predicted_at(sel, top_i)
         s_list, i_list, e_list = top_s.tolist(), top_i.tolist(), top_e.tolist()  # one copy each
-        out = {}
+        out: dict[int, Recommendation | list[float]] = {}
         for r, (b, q) in enumerate(zip(rows, tops, strict=True)):
-            n = q.n
+            n = min(q.n, k)  # a catalogue smaller than n gives what it has
             while n and s_list[r][n - 1] == -math.inf:  # fewer unrated movies than n
                 n -= 1
             out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rbm.checkpoint import TENSORS_FILE
 from registry.errors import ErrorCode, RegistryError
 from registry.store import FileRegistry
 from server.engine import Engine
@@ -64,7 +65,11 @@ class ModelHolder:
         if not report.ok:
             raise RegistryError(report.summary(), ErrorCode.CORRUPT)
         info = self.registry.get_version(self.model, version)
-        return Engine.load(info.path, str(version), self.device, self.backend)
+        # The weights' checksum goes into the cache keys: version numbers repeat across
+        # registries (and a re-created one), the content does not.
+        digest = info.files.get(TENSORS_FILE, "")[:16]
+        identity = f"{version}.{digest}" if digest else str(version)
+        return Engine.load(info.path, str(version), self.device, self.backend, identity)
 
     async def refresh(self) -> bool:
         """Load the alias's version if it changed; return True if a new engine was swapped in."""

@@ -225,7 +225,7 @@ class Recommender:
     async def _update_cached(self, engine: Engine, entry: Applied) -> None:
         """O(F): move the cached hidden state past one entry by swapping one weight row."""
         user, movie_id = entry.record.user_id, entry.record.movie_id
-        before = CacheKey(self.holder.model, engine.version, user, entry.generation - 1)
+        before = CacheKey(self.holder.model, engine.identity, user, entry.generation - 1)
         movie, level = engine.movie_index.get(movie_id), engine.level_of.get(entry.record.rating)
         if movie is None or level is None:
             return  # logged under a version that knew it; this one skips it (user_ratings too)
@@ -240,7 +240,7 @@ class Recommender:
         )
         if old_level is not None:
             new = new - engine.unit_row(movie, old_level)
-        after = CacheKey(self.holder.model, engine.version, user, entry.generation)
+        after = CacheKey(self.holder.model, engine.identity, user, entry.generation)
         await self.cache.set_many([(after, new)])
 
     async def _follow_log(self) -> None:
@@ -271,7 +271,7 @@ class Recommender:
     def _state(self, engine: Engine, user_id: int) -> _UserState:
         streamed, generation = self.overlay.get(user_id)
         ratings = engine.user_ratings(user_id, streamed)
-        key = CacheKey(self.holder.model, engine.version, user_id, generation)
+        key = CacheKey(self.holder.model, engine.identity, user_id, generation)
         return _UserState(ratings, key)
 
     async def _hidden(self, engine: Engine, states: list[_UserState]) -> list[Tensor]:

@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         default=TrainConfig.item_epochs,
         help="most epochs of the item-based RBM",
     )
+    p.add_argument(
+        "--blend-ranking",
+        action="store_true",
+        help="let the item-based RBM's blend enter the ranking too (slower serving pass)",
+    )
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--registry", help="registry root (else $RBMREC_REGISTRY, else ./registry)")
@@ -200,6 +205,7 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
             epochs=args.epochs,
             implicit_epochs=args.implicit_epochs,
             item_epochs=args.item_epochs,
+            blend_ranking=args.blend_ranking,
             seed=args.seed,
             device=comm.local_device(device),
         )

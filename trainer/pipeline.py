@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-from rbm.checkpoint import Checkpoint, ItemModel, stacked_hidden_pre
+from rbm.checkpoint import Checkpoint, ItemModel
 from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
-from rbm.scoring import Scorer
 from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
 from trainer.data import Dataset, Ratings, holdout_split
 from trainer.distributed import Communicator, LocalCommunicator
@@ -23,6 +21,7 @@ from trainer.evaluate import ranking_metrics, rating_metrics
 from trainer.indexing import IndexedRatings, Indexer
 from trainer.predict import predict_indexed
 from trainer.rating_log import LogMerge, RatingLog, merge_log
+from trainer.served_eval import engine_for, evaluate_served
 from trainer.train import EpochReport, TrainConfig, TrainResult, train
 from trainer.train_implicit import train_implicit
 from trainer.train_item import train_item_based
@@ -49,32 +48,6 @@ class TrainOutcome:
     rating_log: LogMerge | None = None  # what merging the rating log did, if one was read
 
 
-def _scorer_fn(
-    model: _Models,
-    context: IndexedRatings,
-    levels: torch.Tensor,
-    ranking: Ranking,
-    popularity: torch.Tensor,
-    want: Literal["score", "expected"],
-) -> Callable[[np.ndarray], torch.Tensor]:
-    """(B,) CSR rows of ``context`` -> the serving pass's scores or expected ratings (B, M)."""
-    scorer = Scorer(
-        model.params, levels, ranking, popularity.to(levels.device), model.implicit, model.item
-    )
-    item_row = model.item_rows(context.user_ids)  # (U,) -1 where the item RBM has no such user
-
-    def score(rows: np.ndarray) -> torch.Tensor:
-        batch = context.batch(rows).to(levels.device)
-        with torch.no_grad():
-            pre = stacked_hidden_pre(model.params, model.implicit, batch, model.n_movies)
-            item_rows = torch.from_numpy(item_row[rows]).to(levels.device)
-            scores, expected = scorer(pre, item_rows)
-        out: torch.Tensor = scores if want == "score" else expected
-        return out
-
-    return score
-
-
 @dataclass(frozen=True)
 class _Models:
     params: RBMParams
@@ -89,34 +62,49 @@ class _Models:
         return np.where(self.train_users[pos] == user_ids, pos, -1).astype(np.int64)
 
 
+def _checkpoint(
+    ds: Dataset,
+    models: _Models,
+    config: RBMConfig,
+    own: IndexedRatings,
+    ranking: Ranking,
+    blend_ranking: bool,
+) -> Checkpoint:
+    """The model as the server will load it, with ``own`` as its users' known ratings."""
+    return Checkpoint(
+        config=config,
+        params=models.params.to("cpu"),
+        levels=tuple(float(x) for x in ds.levels),
+        movie_ids=torch.from_numpy(ds.movie_ids.astype(np.int64)),
+        titles=list(ds.titles),
+        user_ids=torch.from_numpy(models.train_users.astype(np.int64)),
+        user_indptr=torch.from_numpy(own.indptr),
+        user_movies=torch.from_numpy(own.movies),
+        user_levels=torch.from_numpy(own.levels),
+        popularity=popularity_scores(own, models.n_movies),
+        dataset=ds.name,
+        ranking=ranking,
+        implicit=None if models.implicit is None else models.implicit.to("cpu"),
+        item=models.item,
+        blend_ranking=blend_ranking,
+    )
+
+
 def _choose_ranking(
-    model: _Models, fit: IndexedRatings, val: IndexedRatings, levels: torch.Tensor
+    ds: Dataset,
+    models: _Models,
+    cfg: TrainConfig,
+    config: RBMConfig,
+    fit: IndexedRatings,
+    val: Ratings,
 ) -> tuple[Ranking, float]:
-    """The ranking score with the best NDCG@10 on the validation slice, and that NDCG."""
-    popularity = popularity_scores(fit, model.n_movies)
-    levels_np = levels.cpu().numpy()
-    ndcg = {
-        r: ranking_metrics(
-            _scorer_fn(model, fit, levels, r, popularity, want="score"), fit, val, levels_np
-        )["ndcg@10"]
-        for r in RANKINGS
-    }
+    """The ranking score whose served top-10 has the best NDCG on the validation slice."""
+    ndcg = {}
+    for r in RANKINGS:
+        ckpt = _checkpoint(ds, models, config, fit, r, cfg.blend_ranking)
+        ndcg[r] = evaluate_served(engine_for(ckpt, cfg.device), val)["ndcg@10"]
     best = max(ndcg, key=lambda r: ndcg[r])
     return best, ndcg[best]
-
-
-def _at_pairs(
-    expected_fn: Callable[[np.ndarray], torch.Tensor], targets: IndexedRatings, chunk: int = 256
-) -> torch.Tensor:
-    """The serving pass's expected rating at each (row, movie) entry of ``targets``."""
-    out = []
-    for start in range(0, len(targets.user_ids), chunk):
-        rows = np.arange(start, min(start + chunk, len(targets.user_ids)))
-        dense = expected_fn(rows)  # (B, M)
-        lo, hi = targets.indptr[rows[0]], targets.indptr[rows[-1] + 1]
-        local = np.repeat(np.arange(len(rows)), np.diff(targets.indptr[rows[0] : rows[-1] + 2]))
-        out.append(dense[torch.from_numpy(local), torch.from_numpy(targets.movies[lo:hi])])
-    return torch.cat(out) if out else torch.empty(0)
 
 
 @dataclass(frozen=True)
@@ -172,33 +160,42 @@ def fit_models(
             fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm
         )
     models = _Models(params, implicit, item, ix.n_movies, train_users)
-    ranking, val_ndcg = comm.decide(lambda: _choose_ranking(models, fit, val, levels))
+    ranking, val_ndcg = comm.decide(
+        lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)
+    )
     return FittedModels(models, rbm_config, ranking, result, val_rmse, val_ndcg, train_all, merge)
 
 
 def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> TrainOutcome:
-    """Evaluate on the split's test part against baselines, and package the checkpoint."""
+    """Package the checkpoint, then evaluate it as served on the split's test part.
+
+    The model's figures come from the server's engine on the checkpoint that gets
+    registered (``trainer.served_eval``); the baselines are scored on the same test part.
+    """
     ix = Indexer(ds)
-    levels_np = np.asarray(ds.levels, dtype=np.float32)
-    levels = torch.from_numpy(levels_np).to(cfg.device)
     models, result = fitted.models, fitted.result
-    # Test users unseen in training get empty context rows: the model's fallback.
-    all_users = np.union1d(models.train_users, ds.test.users)
-    context, test = ix.index(fitted.train, all_users), ix.index(ds.test, all_users)
-    truth = levels[torch.from_numpy(test.levels).to(cfg.device)]
-    lo, hi = ds.levels[0], ds.levels[-1]
-    pop = popularity_scores(context, ix.n_movies)
-    expected_fn = _scorer_fn(models, context, levels, "expected_rating", pop, want="expected")
-    metrics = rating_metrics(_at_pairs(expected_fn, test), truth, lo, hi)
-    score_fn = _scorer_fn(models, context, levels, fitted.ranking, pop, want="score")
-    metrics |= ranking_metrics(score_fn, context, test, levels_np)
+    own = ix.index(fitted.train, models.train_users)
+    ckpt = _checkpoint(ds, models, fitted.rbm_config, own, fitted.ranking, cfg.blend_ranking)
+    metrics = evaluate_served(engine_for(ckpt, cfg.device), ds.test)
     metrics |= {
         "val_rmse": fitted.val_rmse,  # of the served prediction (the blend, with an item RBM)
         "val_rmse_user_rbm": result.best_val_rmse,
         "val_ndcg@10": fitted.val_ndcg,
         "best_epoch": float(result.best_epoch),
     }
+    return TrainOutcome(ckpt, metrics, _baselines(ds, fitted), result.history, fitted.rating_log)
 
+
+def _baselines(ds: Dataset, fitted: FittedModels) -> dict[str, dict[str, float]]:
+    """Global mean, biases, popularity and item-kNN, fitted on the training part."""
+    ix = Indexer(ds)
+    levels_np = np.asarray(ds.levels, dtype=np.float32)
+    # Test users unseen in training get empty context rows, as the server's fallback does.
+    all_users = np.union1d(fitted.models.train_users, ds.test.users)
+    context, test = ix.index(fitted.train, all_users), ix.index(ds.test, all_users)
+    truth = torch.from_numpy(levels_np[test.levels])
+    lo, hi = ds.levels[0], ds.levels[-1]
+    pop = popularity_scores(context, ix.n_movies)
     bias = BiasBaseline.fit(context, levels_np, ix.n_movies)
     baselines = {
         "global_mean": rating_metrics(torch.full_like(truth, bias.mu), truth, lo, hi),
@@ -212,22 +209,4 @@ def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> Trai
         baselines["item_knn"] = ranking_metrics(
             lambda rows: knn.scores(context, rows), context, test, levels_np
         )
-
-    own = ix.index(fitted.train, models.train_users)
-    ckpt = Checkpoint(
-        config=fitted.rbm_config,
-        params=models.params.to("cpu"),
-        levels=tuple(float(x) for x in ds.levels),
-        movie_ids=torch.from_numpy(ds.movie_ids.astype(np.int64)),
-        titles=list(ds.titles),
-        user_ids=torch.from_numpy(models.train_users.astype(np.int64)),
-        user_indptr=torch.from_numpy(own.indptr),
-        user_movies=torch.from_numpy(own.movies),
-        user_levels=torch.from_numpy(own.levels),
-        popularity=popularity_scores(own, ix.n_movies),
-        dataset=ds.name,
-        ranking=fitted.ranking,
-        implicit=None if models.implicit is None else models.implicit.to("cpu"),
-        item=models.item,
-    )
-    return TrainOutcome(ckpt, metrics, baselines, result.history, fitted.rating_log)
+    return baselines

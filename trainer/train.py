@@ -72,6 +72,8 @@ class TrainConfig:
     # The item-based RBM (one case per movie), blended in for users seen in training.
     n_hidden_item: int = 100  # 0: none
     item_epochs: int = 60
+    # Whether the item-based blend also enters the ranking (bench/quality.py measures it).
+    blend_ranking: bool = False
 
     def __post_init__(self) -> None:
         positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")
