@@ -1,8 +1,9 @@
-"""Shared fixtures: real MovieLens data, a model trained once per session, a real Redis."""
+"""Fixtures every test folder shares: real MovieLens data, a model trained once per session
+through rbm-train, the real Redis under a prefix of the session's own, a Redis of a test's
+own, and a real server of the trained model. Helpers live in tests/harness."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.harness.cli import BIN, REDIS_URL, ROOT, TrainedModel, movielens_dir, run_cli
-
-__all__ = ["BIN", "REDIS_URL", "ROOT", "TrainedModel", "run_cli"]  # old import paths, until moved
+from tests.harness.cli import REDIS_URL, TrainedModel, movielens_dir, train_model
+from tests.harness.redis import OwnRedis
+from tests.harness.server import RunningServer, start_server
 
 
 @pytest.fixture(scope="session")
@@ -23,25 +24,9 @@ def movielens() -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, movielens: Path) -> TrainedModel:
-    """Train once per session through the real CLI, as an operator would."""
+    """Train once per session through the real CLI, as an operator would (ml-100k u1)."""
     registry = tmp_path_factory.mktemp("registry")
-    proc = run_cli(
-        "rbm-train",
-        "--dataset",
-        "ml-100k",
-        "--data-dir",
-        str(movielens),
-        "--split",
-        "u1",
-        "--epochs",
-        "20",
-        "--promote",
-        "--json",
-        "--quiet",
-        "--registry",
-        str(registry),
-    )
-    return TrainedModel(registry, json.loads(proc.stdout))
+    return TrainedModel(registry, train_model(registry, data_dir=movielens, epochs=20))
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +40,20 @@ def redis_prefix() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of the test's own (append-only), stopped after the test."""
+    redis_server = OwnRedis(tmp_path)
+    redis_server.start()
+    yield redis_server
+    redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(trained: TrainedModel, redis_prefix: str) -> Iterator[RunningServer]:
+    """A server of the session's trained model, with the Redis cache and rating log."""
+    with start_server(trained.registry, "--redis-prefix", redis_prefix) as running:
+        yield running
+    assert running.process.returncode == 0, "SIGTERM should shut the server down cleanly"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from registry.store import FileRegistry
-from tests.conftest import TrainedModel
-from tests.server.conftest import own_redis  # noqa: F401  (a fixture)
+from tests.harness.cli import TrainedModel
+from tests.harness.registry import copy_registry
 
 
 @pytest.fixture
 def registry_copy(trained: TrainedModel, tmp_path: Path) -> FileRegistry:
     """A registry of the test's own, holding the session's model as version 1."""
-    root = tmp_path / "registry"
-    shutil.copytree(trained.registry, root)
-    return FileRegistry(root)
+    return copy_registry(trained, tmp_path)

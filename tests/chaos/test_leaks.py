@@ -16,8 +16,10 @@ import grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.store import FileRegistry
-from tests.server.conftest import RunningServer, start_server
-from tests.server.support import metric, recommend, wait_for
+from tests.harness.calls import recommend
+from tests.harness.metrics import metric
+from tests.harness.redis import wait_for
+from tests.harness.server import RunningServer, start_server
 
 ROUNDS = 4
 RSS_GROWTH = 1.05  # resident memory after the last round vs after the first

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.store import FileRegistry
-from tests.conftest import run_cli
-from tests.server.conftest import RunningServer, start_server
-from tests.server.support import Load, metric, wait_for
-from tests.server.test_serving import _register_copy
+from tests.harness.calls import Load
+from tests.harness.cli import run_cli
+from tests.harness.metrics import metric
+from tests.harness.redis import wait_for
+from tests.harness.registry import register_copy
+from tests.harness.server import RunningServer, start_server
 
 
 def _info(server: RunningServer) -> pb.ModelInfo:
@@ -37,10 +39,10 @@ def _promote(registry: FileRegistry, version: int) -> None:
 
 def test_promote_rollback_and_broken_versions_under_load(registry_copy: FileRegistry) -> None:
     registry = registry_copy
-    good = _register_copy(registry)
-    truncated = _register_copy(registry, "truncated")
-    shapes = _register_copy(registry, "shapes")
-    checksum = _register_copy(registry)
+    good = register_copy(registry)
+    truncated = register_copy(registry, "truncated")
+    shapes = register_copy(registry, "shapes")
+    checksum = register_copy(registry)
     _flip_a_byte(registry.get_version("rbm", checksum).path)
     root = str(registry.root)
     with (

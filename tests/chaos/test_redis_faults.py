@@ -8,8 +8,9 @@ import redis
 
 from registry.store import FileRegistry
 from tests.chaos.updaters import Updater
-from tests.server.conftest import start_server
-from tests.server.support import Load, OwnRedis, recommend, wait_for
+from tests.harness.calls import Load, recommend
+from tests.harness.redis import OwnRedis, wait_for
+from tests.harness.server import start_server
 
 USERS = list(range(1, 11))
 

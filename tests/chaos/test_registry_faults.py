@@ -19,7 +19,8 @@ from registry.errors import RegistryError
 from registry.records import VersionMeta
 from registry.store import FileRegistry
 from registry.versions import MANIFEST_FILE, META_FILE
-from tests.conftest import TrainedModel
+from tests.harness.cli import TrainedModel
+from tests.harness.registry import copy_registry
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -61,8 +62,7 @@ def _assert_unchanged(registry: FileRegistry) -> None:
 def test_disk_full_while_registering(trained: TrainedModel, tmp_path: Path) -> None:
     room = _size(trained.registry) + 256 * 1024  # version 1 fits, a second copy does not
     with _tmpfs(tmp_path / "disk", room) as disk:
-        shutil.copytree(trained.registry, disk / "registry")
-        registry = FileRegistry(disk / "registry")
+        registry = copy_registry(trained, disk)
         with pytest.raises(RegistryError) as err:
             _register_again(registry)
         assert "No space left on device" in str(err.value)
@@ -71,8 +71,7 @@ def test_disk_full_while_registering(trained: TrainedModel, tmp_path: Path) -> N
 
 def test_read_only_disk_while_registering(trained: TrainedModel, tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "disk", 4 * _size(trained.registry) + (1 << 20)) as disk:
-        shutil.copytree(trained.registry, disk / "registry")
-        registry = FileRegistry(disk / "registry")
+        registry = copy_registry(trained, disk)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         with pytest.raises(RegistryError) as err:
             _register_again(registry)

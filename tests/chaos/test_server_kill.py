@@ -8,8 +8,9 @@ import numpy as np
 import redis
 
 from registry.store import FileRegistry
-from tests.server.conftest import start_server
-from tests.server.support import OwnRedis, recommend, update
+from tests.harness.calls import recommend, update
+from tests.harness.redis import OwnRedis
+from tests.harness.server import start_server
 
 N_UPDATES = 40
 USERS = list(range(20, 28))

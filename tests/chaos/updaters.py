@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
-from tests.server.conftest import RunningServer
-from tests.server.support import recommend
+from tests.harness.calls import recommend
+from tests.harness.server import RunningServer
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 
 import server.client
 from tests.cli.support import assert_one_line_error, assert_usage_error
-from tests.conftest import run_cli
+from tests.harness.cli import run_cli
 
 PROG = "rbm-client"
 RPC_FAILED = 1

@@ -17,7 +17,7 @@ import pytest
 from registry import FileRegistry, VersionMeta
 from registry.cli import EXIT_CODES, ModelHooks, run
 from tests.cli.support import assert_one_line_error, assert_usage_error
-from tests.conftest import run_cli
+from tests.harness.cli import run_cli
 
 PROG = "rbm-registry"
 NOT_FOUND, INVALID, REFUSED, CORRUPT, IO_ERROR = 3, 4, 5, 6, 7

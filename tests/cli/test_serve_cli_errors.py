@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 
 import server.main
 from tests.cli.support import assert_one_line_error, assert_usage_error
-from tests.conftest import BIN
+from tests.harness.cli import BIN
+from tests.harness.server import wait_for_address
 
 PROG = "rbm-serve"
 
@@ -107,7 +107,7 @@ def test_a_nan_poll_interval_exits_2(offline: list[str]) -> None:
 # -- the real console script ----------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
-    """How an rbm-serve process ended: by itself, or killed once it said it was serving."""
+    """How an rbm-serve process ended: by itself, or stopped once it wrote its address."""
 
     code: int
     served: bool
@@ -116,31 +116,30 @@ class Outcome:
 
 
 def _serve(*flags: str, timeout_s: float = 60) -> Outcome:
-    """Start rbm-serve; wait until it exits or prints its "serving" line (then stop it)."""
+    """Start rbm-serve; wait until it exits or writes its address file (then stop it)."""
     with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryFile("w+") as out,
         tempfile.TemporaryFile("w+") as err,
-        subprocess.Popen(
-            [str(BIN / PROG), "--log-level", "ERROR", *flags],  # warnings are not errors
-            stdout=subprocess.PIPE,
+    ):
+        address_file = Path(tmp) / "address.json"
+        # ERROR: a warning on stderr is not an error line, and would break the one-line checks.
+        args = ["--log-level", "ERROR", "--address-file", str(address_file)]
+        with subprocess.Popen(
+            [str(BIN / PROG), *args, *flags],
+            stdout=out,
             stderr=err,
             text=True,
             env=dict(os.environ),
-        ) as proc,
-    ):
-        watchdog = threading.Timer(timeout_s, proc.kill)  # neither exits nor serves: a hang
-        watchdog.start()
-        assert proc.stdout is not None
-        lines, served = [], False
-        for line in proc.stdout:  # ends when the process closes stdout, i.e. exits
-            lines.append(line)
-            if line.startswith("serving "):
-                served = True
-                proc.terminate()
-                break
-        proc.wait()
-        watchdog.cancel()
+        ) as proc:
+            try:
+                served = wait_for_address(proc, address_file, timeout_s) is not None
+            finally:  # neither exits nor serves: a hang, reported by the TimeoutError
+                if proc.poll() is None:
+                    proc.terminate()
+        out.seek(0)
         err.seek(0)
-        return Outcome(proc.returncode, served, "".join(lines), err.read())
+        return Outcome(proc.returncode, served, out.read(), err.read())
 
 
 def test_the_console_script_exits_2_for_a_zero_batch_size(offline: list[str]) -> None:
@@ -199,6 +198,14 @@ def test_a_taken_metrics_port_exits_with_one_line(
     ran = _serve(*offline, "--metrics-port", str(listening.getsockname()[1]))
     assert ran.code != 0
     assert_one_line_error(ran.err, PROG, "metrics")
+
+
+def test_an_unwritable_address_file_exits_1_with_one_line(
+    offline: list[str], tmp_path: Path
+) -> None:
+    ran = _serve(*offline, "--address-file", str(tmp_path / "no-dir" / "address.json"))
+    assert ran.code == 1 and not ran.served
+    assert_one_line_error(ran.err, PROG, "cannot write the address file")
 
 
 def test_a_malformed_redis_url_exits_2_with_one_line(tmp_path: Path) -> None:

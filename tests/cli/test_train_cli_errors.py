@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.cli.support import assert_one_line_error, assert_usage_error
-from tests.conftest import run_cli
+from tests.harness.cli import run_cli
 from trainer.cli import main
 
 PROG = "rbm-train"

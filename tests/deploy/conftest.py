@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TrainedModel
 from tests.deploy.support import (
     DEPLOY,
     K8S,
@@ -20,7 +19,8 @@ from tests.deploy.support import (
     load_docs,
     manifest_files,
 )
-from tests.server.conftest import RunningServer, start_server
+from tests.harness.cli import TrainedModel
+from tests.harness.server import RunningServer, start_server
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import BIN, ROOT
+from tests.harness.cli import BIN, ROOT
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"

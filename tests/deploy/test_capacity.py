@@ -17,8 +17,7 @@ from bench.capacity import (
     throughput_fit,
 )
 from rbm.checkpoint import load_checkpoint
-from rbm.scoring import scorer_for
-from tests.conftest import ROOT, TrainedModel
+from tests.harness.cli import ROOT, TrainedModel
 
 U1_BASE_RATINGS = 80_000  # ml-100k u1.base, the fixture's training part
 SERVE_JSON = ROOT / "bench" / "results" / "serve-2026-11-27.json"  # docs/scaling.md's run
@@ -52,7 +51,7 @@ def test_checkpoint_bytes_match_the_saved_tensors(trained: TrainedModel) -> None
 
 def test_scorer_copies_match_the_serving_module(trained: TrainedModel) -> None:
     ckpt = load_checkpoint(_version(trained))
-    scorer = scorer_for(ckpt)
+    scorer = ckpt.scorer()
     shared = {
         t.untyped_storage().data_ptr()
         for p in (ckpt.params, ckpt.implicit)

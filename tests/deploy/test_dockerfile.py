@@ -11,8 +11,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import BIN, ROOT
 from tests.deploy.support import DEPLOY, Instruction, dockerfile, env_assignments
+from tests.harness.cli import BIN, ROOT
 
 HADOLINT = BIN / "hadolint"
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BIN
-from tests.server.conftest import RunningServer
+from tests.harness.cli import BIN
+from tests.harness.server import RunningServer
 
 
 def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -46,3 +48,56 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def train_args(
+    registry: Path | None,
+    *extra: str,
+    dataset: str = "ml-100k",
+    split: str = "u1",
+    epochs: int = 20,
+    promote: bool = True,
+    data_dir: Path | None = None,
+) -> list[str]:
+    """rbm-train's arguments for one quiet --json run; ``registry=None``: --no-register."""
+    args = ["--dataset", dataset, "--data-dir", str(data_dir or movielens_dir())]
+    args += ["--split", split, "--epochs", str(epochs), "--json", "--quiet"]
+    if registry is None:
+        args.append("--no-register")
+    else:
+        args += ["--registry", str(registry)]
+        if promote:
+            args.append("--promote")
+    return [*args, *extra]
+
+
+def train_model(
+    registry: Path | None,
+    *extra: str,
+    dataset: str = "ml-100k",
+    split: str = "u1",
+    epochs: int = 20,
+    promote: bool = True,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train through the real rbm-train, as an operator would; return its --json report.
+
+    ``extra`` are more rbm-train flags (``--seed``, ``--implicit-epochs``, ...). Torch gets
+    one thread unless ``env`` says otherwise: on the 2 shared cores tests run on, two
+    threads per process make training many times slower (see docs/training.md).
+    """
+    args = train_args(
+        registry,
+        *extra,
+        dataset=dataset,
+        split=split,
+        epochs=epochs,
+        promote=promote,
+        data_dir=data_dir,
+    )
+    report = json.loads(
+        run_cli("rbm-train", *args, env={"OMP_NUM_THREADS": "1", **(env or {})}).stdout
+    )
+    assert isinstance(report, dict), report
+    return report

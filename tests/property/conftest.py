@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from registry.store import FileRegistry
-from tests.conftest import ROOT, TrainedModel
+from tests.harness.cli import ROOT, TrainedModel
+from tests.harness.server import RunningServer, start_server
 from tests.property.support import Catalogue, assert_healthy, tracebacks_through
-from tests.server.conftest import RunningServer, start_server
 
 OUR_CODE = [ROOT / package for package in ("server", "rbm", "registry", "ratinglog")]
 

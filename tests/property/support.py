@@ -23,7 +23,7 @@ from rbm.checkpoint import load_checkpoint
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.store import FileRegistry
 from server.recommender import MAX_FUTURE_S, MAX_N, MAX_PREDICT
-from tests.server.conftest import RunningServer
+from tests.harness.server import RunningServer
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from rbmrec.v1 import recommender_pb2 as pb
 from server.recommender import MAX_N, MAX_PREDICT
+from tests.harness.server import RunningServer
 from tests.property.support import (
     GRPC_MAX_RECEIVE,
     INT32,
@@ -37,7 +38,6 @@ from tests.property.support import (
     recommend_code,
     rpc_error,
 )
-from tests.server.conftest import RunningServer
 
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 

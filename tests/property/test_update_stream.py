@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rbmrec.v1 import recommender_pb2 as pb
+from tests.harness.server import RunningServer
 from tests.property.support import (
     NOW,
     PROPERTY,
@@ -27,7 +28,6 @@ from tests.property.support import (
     any_users,
     update_problems,
 )
-from tests.server.conftest import RunningServer
 
 FIRST_TEST_USER = 40_000_000  # far above MovieLens ids, so no other test's users are touched
 STREAM = 100_000

@@ -20,6 +20,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rbmrec.v1 import recommender_pb2 as pb
+from tests.harness.server import RunningServer
 from tests.property.support import (
     GRPC_MAX_RECEIVE,
     OK,
@@ -32,7 +33,6 @@ from tests.property.support import (
     recommend_code,
     rpc_error,
 )
-from tests.server.conftest import RunningServer
 
 SERVICE = "/rbmrec.v1.Recommender/"
 UNPARSABLE = {grpc.StatusCode.INVALID_ARGUMENT}

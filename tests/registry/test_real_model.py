@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,14 @@ import torch
 
 from rbm.checkpoint import load_checkpoint
 from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, ONNX_FILE
-from rbm.scoring import scorer_for
 from registry import FileRegistry
-from tests.conftest import TrainedModel, run_cli
+from tests.harness.cli import TrainedModel, run_cli
+from tests.harness.registry import copy_registry
 
 
 @pytest.fixture
 def registry_copy(trained: TrainedModel, tmp_path: Path) -> Path:
-    root = tmp_path / "registry"
-    shutil.copytree(trained.registry, root)
-    return root
+    return copy_registry(trained, tmp_path).root
 
 
 def test_every_version_carries_an_onnx_model_that_matches_pytorch(trained: TrainedModel) -> None:
@@ -34,7 +31,7 @@ def test_every_version_carries_an_onnx_model_that_matches_pytorch(trained: Train
     onnx.checker.check_model(model, full_check=True)
 
     ckpt = load_checkpoint(version.path)
-    scorer = scorer_for(ckpt)
+    scorer = ckpt.scorer()
     session = ort.InferenceSession(str(version.path / ONNX_FILE))
     for rows in ([0], list(range(1, 65)), [942, 5, 100]):  # the batch dimension is dynamic
         pre = ckpt.hidden_pre(ckpt.user_batch(rows))

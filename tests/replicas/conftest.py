@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ import pytest
 import redis
 
 from registry.store import FileRegistry
-from tests.conftest import REDIS_URL, TrainedModel
-from tests.server.conftest import RunningServer, start_server
+from tests.harness.cli import REDIS_URL, TrainedModel
+from tests.harness.registry import copy_registry
+from tests.harness.server import RunningServer, start_server
 
 
 @dataclass
@@ -30,14 +30,13 @@ class Replicas:
 @pytest.fixture
 def replicas(trained: TrainedModel, tmp_path: Path) -> Iterator[Replicas]:
     """Start two servers on a copy of the session's registry with a fresh Redis prefix."""
-    root = tmp_path / "registry"
-    shutil.copytree(trained.registry, root)
+    registry = copy_registry(trained, tmp_path)
     prefix = f"rbmrec-replicas-{uuid.uuid4().hex[:8]}"
     shared = ("--redis-prefix", prefix)
     with contextlib.ExitStack() as stack:
-        a = stack.enter_context(start_server(root, *shared))
-        b = stack.enter_context(start_server(root, *shared))
-        yield Replicas(a, b, FileRegistry(root), prefix)
+        a = stack.enter_context(start_server(registry.root, *shared))
+        b = stack.enter_context(start_server(registry.root, *shared))
+        yield Replicas(a, b, registry, prefix)
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:

@@ -8,10 +8,11 @@ import time
 import numpy as np
 
 from rbmrec.v1 import recommender_pb2 as pb
+from tests.harness.calls import Load, recommend, update
+from tests.harness.redis import wait_for
+from tests.harness.registry import register_copy
+from tests.harness.server import RunningServer
 from tests.replicas.conftest import Replicas
-from tests.server.conftest import RunningServer
-from tests.server.support import Load, recommend, update, wait_for
-from tests.server.test_serving import _register_copy
 
 SWAP_BOUND_S = 10.0  # poll interval 0.2 s plus load, verify and warm-up of a small model
 
@@ -45,7 +46,7 @@ def test_a_new_user_rating_on_a_gets_personal_answers_from_b(replicas: Replicas)
 
 
 def test_a_promotion_reaches_both_replicas_in_bounded_time(replicas: Replicas) -> None:
-    version = _register_copy(replicas.registry)
+    version = register_copy(replicas.registry)
     promoted = time.monotonic()
     replicas.registry.set_alias("rbm", "production", version, reason="two-replica test")
     switched: dict[str, float] = {}

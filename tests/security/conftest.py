@@ -21,7 +21,7 @@ import trustme
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.conftest import BIN, REDIS_URL
+from tests.harness.cli import BIN, REDIS_URL
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Served:
 
 @contextlib.contextmanager
 def serve_capturing(registry: Path, *extra: str) -> Iterator[Served]:
-    """Like tests.server.conftest.start_server, but keeps every byte the server writes.
+    """Like tests.harness.server.start_server, but keeps every byte the server writes.
 
     start_server reads stdout only up to the serving line and drops it; a test looking for
     leaked secrets needs all of stdout and stderr, and the DEBUG log level.

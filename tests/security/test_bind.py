@@ -11,8 +11,8 @@ import pytest
 
 import server.main
 from server.main import ServerConfig
-from tests.conftest import TrainedModel
-from tests.server.conftest import start_server
+from tests.harness.cli import TrainedModel
+from tests.harness.server import start_server
 
 
 def _listening(port: int) -> set[str]:

@@ -9,7 +9,7 @@ import pytest
 
 import server.client
 import server.main
-from tests.conftest import run_cli
+from tests.harness.cli import run_cli
 from tests.security.conftest import Certs
 
 # Each case: (flags from the certificate files, extra environment, what the error must say).

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import stat
 from pathlib import Path
 
@@ -22,8 +21,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
-from tests.conftest import TrainedModel, run_cli
-from tests.server.conftest import start_server
+from tests.harness.cli import TrainedModel, run_cli
+from tests.harness.registry import copy_registry
+from tests.harness.server import start_server
 
 WEIGHTS = "model.safetensors"
 
@@ -47,8 +47,7 @@ def _write_payload(kind: str, marker: Path, target: Path) -> None:
 
 def _poison(trained: TrainedModel, tmp_path: Path, kind: str, resign: bool) -> tuple[Path, Path]:
     """A copy of the registry with version 1's weights replaced; the marker path to watch."""
-    registry, marker = tmp_path / "registry", tmp_path / "marker"
-    shutil.copytree(trained.registry, registry)
+    registry, marker = copy_registry(trained, tmp_path).root, tmp_path / "marker"
     vdir = registry / "rbm" / "versions" / "1"
     for path in (vdir / WEIGHTS, vdir / "MANIFEST.json"):
         path.chmod(path.stat().st_mode | stat.S_IWUSR)  # the registry seals files read-only

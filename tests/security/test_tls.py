@@ -11,9 +11,9 @@ import pytest
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.conftest import TrainedModel, run_cli
+from tests.harness.cli import TrainedModel, run_cli
+from tests.harness.server import RunningServer, start_server
 from tests.security.conftest import Certs
-from tests.server.conftest import RunningServer, start_server
 
 
 def _recommend(target: str, credentials: grpc.ChannelCredentials | None) -> pb.RecommendResponse:

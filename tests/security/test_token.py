@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
 from server.auth import load_token
-from tests.conftest import REDIS_URL, TrainedModel, run_cli
+from tests.harness.cli import REDIS_URL, TrainedModel, run_cli
+from tests.harness.server import RunningServer, start_server
 from tests.security.conftest import rate_once
-from tests.server.conftest import RunningServer, start_server
 
 TOKEN = "s3cret-token-for-tests"
 Metadata = tuple[tuple[str, str], ...]
@@ -73,14 +73,25 @@ def test_unary_rpcs_without_the_right_token_are_unauthenticated(
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
         CALLS[rpc](secured.stub, WRONG_METADATA[wrong])
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     expected = "missing bearer token" if wrong == "none" else "invalid bearer token"
-    assert expected in info.value.details()  # type: ignore[attr-defined]
+    assert expected in str(info.value.details())
 
 
 @pytest.mark.parametrize("rpc", CALLS)
 def test_unary_rpcs_with_the_right_token_are_served(secured: RunningServer, rpc: str) -> None:
-    CALLS[rpc](secured.stub, RIGHT)
+    reply = CALLS[rpc](secured.stub, RIGHT)  # raises if the call is refused
+    # ... and what comes back is the model's answer, not an empty message.
+    if rpc == "Recommend":
+        assert isinstance(reply, pb.RecommendResponse)
+        assert len(reply.movies) == 3 and all(m.movie_id > 0 and m.title for m in reply.movies)
+    elif rpc == "PredictRatings":
+        assert isinstance(reply, pb.PredictRatingsResponse)
+        assert len(reply.ratings) == 1 and 1.0 <= reply.ratings[0] <= 5.0
+    else:
+        assert isinstance(reply, pb.ModelInfo)
+        assert (reply.model_name, reply.num_movies) == ("rbm", 1682)
+    assert reply.model_version == "1"
 
 
 @pytest.mark.parametrize("wrong", ["none", "wrong token"])
@@ -90,7 +101,7 @@ def test_the_update_stream_without_the_token_is_refused_and_stores_nothing(
     before = _log_length(redis_prefix)
     with pytest.raises(grpc.RpcError) as info:
         rate_once(secured.channel, WRONG_METADATA[wrong])
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _log_length(redis_prefix) == before, "a refused stream must not reach the rating log"
 
 
@@ -120,7 +131,7 @@ def test_reflection_needs_the_token(secured: RunningServer, metadata: Metadata) 
         return
     with pytest.raises(grpc.RpcError) as info:
         list(stub.ServerReflectionInfo(iter([request]), timeout=5))
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_rbm_client_sends_the_token_from_a_file_or_its_env(
@@ -144,7 +155,7 @@ def test_the_server_reads_the_token_file_from_its_env(
         stub = running.stub
         with pytest.raises(grpc.RpcError) as info:
             CALLS["GetModelInfo"](stub, ())
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         CALLS["GetModelInfo"](stub, RIGHT)
     assert TOKEN not in running.log
 

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
-from tests.conftest import TrainedModel, run_cli
-from tests.server.conftest import RunningServer, start_server
+from tests.harness.cli import TrainedModel, run_cli
+from tests.harness.server import RunningServer, start_server
 from trainer.data import load_dataset
 
 

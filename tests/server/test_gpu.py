@@ -13,7 +13,7 @@ import torch
 
 from registry.store import FileRegistry
 from server.engine import Engine, TopNQuery
-from tests.conftest import TrainedModel, run_cli
+from tests.harness.cli import TrainedModel, run_cli
 
 pytestmark = [
     pytest.mark.gpu,

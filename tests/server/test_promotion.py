@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from rbm.checkpoint import load_checkpoint, save_checkpoint
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.records import VersionMeta
-from registry.store import FileRegistry
-from tests.conftest import TrainedModel, run_cli
-from tests.server.conftest import start_server
+from tests.harness.cli import TrainedModel, run_cli
+from tests.harness.registry import copy_registry
+from tests.harness.server import start_server
 
 
 def _registry_json(root: Path, *args: str) -> object:
@@ -20,9 +19,8 @@ def _registry_json(root: Path, *args: str) -> object:
 
 
 def test_promoting_a_second_version(trained: TrainedModel, tmp_path: Path) -> None:
-    root = tmp_path / "registry"
-    shutil.copytree(trained.registry, root)
-    registry = FileRegistry(root)
+    registry = copy_registry(trained, tmp_path)
+    root = registry.root
     first = registry.get_version("rbm", 1)
     ckpt = load_checkpoint(first.path)
 

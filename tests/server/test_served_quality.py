@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbm.checkpoint import load_checkpoint
+from rbm.checkpoint import load_checkpoint, save_checkpoint
+from rbm.model import RBMParams
 from rbmrec.v1 import recommender_pb2 as pb
+from registry.records import VersionMeta
 from registry.store import FileRegistry
 from tests.harness.cli import TrainedModel
 from tests.harness.server import RunningServer, start_server
@@ -115,3 +117,28 @@ def test_evaluation_lists_and_ratings_equal_the_served_ones(
             pb.PredictRatingsRequest(user_id=user, movie_ids=movies), timeout=30
         )
         np.testing.assert_allclose(list(reply.ratings), evaluated_ratings, atol=1e-5)
+
+
+def test_two_registries_version_1_never_share_cached_states(
+    trained: TrainedModel, u1: Dataset, tmp_path: Path
+) -> None:
+    # Both registries hold a "version 1" of "rbm", with different weights, and both
+    # servers use one Redis prefix. Keyed by version number alone, the second server read
+    # the first one's cached hidden states and served the first model's answers for them.
+    ckpt = load_checkpoint(FileRegistry(trained.registry).resolve("rbm", "production").path)
+    ckpt.params = RBMParams(
+        ckpt.params.weights * 0.5, ckpt.params.visible_bias, ckpt.params.hidden_bias
+    )
+    other = FileRegistry(tmp_path / "other")
+    info = other.register("rbm", lambda d: save_checkpoint(ckpt, d), VersionMeta())
+    other.set_alias("rbm", "production", info.version)
+    assert info.version == 1
+    users = sorted({int(u) for u in u1.test.users})[:20]
+    prefix = f"rbmrec-identity-{uuid.uuid4().hex[:8]}"
+    with start_server(trained.registry, "--redis-prefix", prefix) as first:
+        for user in users:  # fills the cache with the first model's states
+            first.stub.Recommend(pb.RecommendRequest(user_id=user, n=K), timeout=30)
+    with start_server(other.root, "--redis-prefix", prefix) as second:
+        for user, want in zip(users, served_top_n(engine_for(ckpt), users, K), strict=True):
+            reply = second.stub.Recommend(pb.RecommendRequest(user_id=user, n=K), timeout=30)
+            assert [m.movie_id for m in reply.movies] == want.movie_ids, user

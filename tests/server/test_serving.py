@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
-import shutil
+import math
 import time
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
 import pytest
 import redis
 
-from rbm.checkpoint import load_checkpoint, save_checkpoint
-from rbm.onnx_export import ONNX_FILE
 from rbmrec.v1 import recommender_pb2 as pb
-from registry.records import VersionMeta
-from registry.store import FileRegistry
-from tests.conftest import TrainedModel
-from tests.server.conftest import RunningServer, start_server
-from tests.server.support import (
-    Load,
-    OwnRedis,
-    metric,
-    recommend,
-    try_update,
-    update,
-    wait_for,
-)
+from tests.harness.calls import Load, recommend, try_update, update
+from tests.harness.cli import TrainedModel
+from tests.harness.metrics import histogram, metric
+from tests.harness.redis import OwnRedis, wait_for
+from tests.harness.registry import copy_registry, register_copy
+from tests.harness.server import RunningServer, start_server
 
 USERS = list(range(1, 120))
+BATCHING = ("--max-batch-size", "64", "--max-batch-wait-us", "10000")
 
 
 def _answers(server: RunningServer, concurrency: int) -> dict[int, pb.RecommendResponse]:
@@ -48,14 +40,29 @@ def _same(a: pb.RecommendResponse, b: pb.RecommendResponse, atol: float) -> None
 
 
 def test_concurrent_clients_get_the_answers_of_one_at_a_time(trained: TrainedModel) -> None:
+    common = ("--cache", "memory", "--metrics-port", "0")
     with (
-        start_server(trained.registry, "--cache", "memory", "--max-batch-size", "64") as batched,
-        start_server(trained.registry, "--cache", "memory", "--max-batch-size", "1") as single,
+        # A batch waits up to 10 ms for more requests: batches form however fast the machine.
+        start_server(trained.registry, *common, *BATCHING) as batched,
+        start_server(trained.registry, *common, "--max-batch-size", "1") as single,
     ):
         sequential = _answers(single, 1)
-        concurrent = _answers(batched, 32)  # batch sizes > 1: see the metrics test
+        concurrent = _answers(batched, 32)
+        # Cumulative counts of model passes by requests per pass: {1.0: passes of one, ...}.
+        alone = histogram(single.metrics_url, "rbmrec_batch_size")
+        together = histogram(batched.metrics_url, "rbmrec_batch_size")
+        computed = metric(batched.metrics_url, "rbmrec_batch_size_sum")
     for user in USERS:
         _same(sequential[user], concurrent[user], atol=1e-5)
+    # One at a time, every pass holds one request: what a batcher that never batches shows.
+    assert alone[1.0] == alone[math.inf] == len(USERS)
+    # 32 at once: the requests were computed in passes of more than one, each exactly once.
+    assert computed == len(USERS)
+    passes, single_passes = together[math.inf], together[1.0]
+    batched_requests = computed - single_passes  # requests that shared their pass
+    assert passes < len(USERS) and single_passes < passes, together
+    assert batched_requests >= len(USERS) / 2, f"most requests should share a pass: {together}"
+    assert together[8.0] < passes, f"some pass should hold more than 8 requests: {together}"
 
 
 def test_onnx_backend_gives_the_same_answers(trained: TrainedModel) -> None:
@@ -79,39 +86,13 @@ def test_onnx_backend_gives_the_same_answers(trained: TrainedModel) -> None:
         )
 
 
-def _copy_registry(trained: TrainedModel, tmp_path: Path) -> FileRegistry:
-    root = tmp_path / "registry"
-    shutil.copytree(trained.registry, root)
-    return FileRegistry(root)
-
-
-def _register_copy(registry: FileRegistry, corrupt: str | None = None) -> int:
-    """Register version 1's model again; `corrupt` breaks it in a way checksums cannot see."""
-    first = registry.get_version("rbm", 1)
-    ckpt = load_checkpoint(first.path)
-
-    def write(d: Path) -> None:
-        save_checkpoint(ckpt, d)
-        shutil.copy(first.path / ONNX_FILE, d / ONNX_FILE)
-        if corrupt == "shapes":  # a consistent manifest over a model with wrong shapes
-            meta = json.loads((d / "model.json").read_text())
-            meta["config"]["n_hidden"] += 1
-            (d / "model.json").write_text(json.dumps(meta))
-        elif corrupt == "truncated":
-            data = (d / "model.safetensors").read_bytes()
-            (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-
-    meta = VersionMeta(metrics=first.meta.metrics, params=first.meta.params, parent_version=1)
-    return registry.register("rbm", write, meta).version
-
-
 def test_promotion_under_load_switches_once_with_no_failed_request(
     trained: TrainedModel, tmp_path: Path
 ) -> None:
-    registry = _copy_registry(trained, tmp_path)
+    registry = copy_registry(trained, tmp_path)
     with start_server(registry.root, "--cache", "memory") as running, Load(running) as load:
         wait_for(lambda: all(len(v) > 5 for v in load.versions))
-        registry.set_alias("rbm", "production", _register_copy(registry), reason="test")
+        registry.set_alias("rbm", "production", register_copy(registry), reason="test")
         wait_for(lambda: all(v and v[-1] == "2" for v in load.versions))
         time.sleep(0.3)
     assert load.failures == []
@@ -125,15 +106,15 @@ def test_promotion_under_load_switches_once_with_no_failed_request(
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(
     trained: TrainedModel, tmp_path: Path, corrupt: str
 ) -> None:
-    registry = _copy_registry(trained, tmp_path)
+    registry = copy_registry(trained, tmp_path)
     with start_server(registry.root, "--cache", "memory") as running, Load(running) as load:
         wait_for(lambda: all(len(v) > 5 for v in load.versions))
-        broken = _register_copy(registry, corrupt)
+        broken = register_copy(registry, corrupt)
         registry.set_alias("rbm", "production", broken, reason="test a broken version")
 
         def refused() -> bool:
             info = running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
-            return info.refused_version == str(broken)
+            return bool(info.refused_version == str(broken))
 
         wait_for(refused)
         time.sleep(0.3)
@@ -168,11 +149,12 @@ def test_without_redis_recommend_answers_and_updates_are_unavailable_until_it_re
 
         def cached_in_redis() -> bool:
             recommend(running.stub, 4)
-            return bool(client.exists("rbmrec:rbm:h:1:4:0"))
+            # user 4's hidden state, whatever identifies the model version in the key
+            return any(client.scan_iter("rbmrec:rbm:h:*:4:0"))
 
         wait_for(cached_in_redis, 15)  # the server uses Redis again, without a restart
         assert metric(running.metrics_url, "rbmrec_cache_backend", backend="redis") == 1.0
-    log = client.xrange("rbmrec:ratings")
+    log = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange("rbmrec:ratings"))
     assert [(int(f[b"movie"]), float(f[b"rating"])) for _, f in log] == [(50, 5.0), (movie, 4.0)]
 
 

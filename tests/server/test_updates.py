@@ -16,7 +16,7 @@ from server.hidden_cache import MemoryHiddenCache
 from server.model_holder import ModelHolder
 from server.ratings import RatingRecord, UserOverlay
 from server.recommender import Recommender
-from tests.conftest import TrainedModel
+from tests.harness.cli import TrainedModel
 
 
 class GatedLog:

@@ -20,9 +20,9 @@ import pytest
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, TrainedModel
-from tests.server.conftest import start_server
-from tests.server.support import metric
+from tests.harness.cli import ROOT, TrainedModel
+from tests.harness.metrics import metric
+from tests.harness.server import start_server
 
 pytestmark = [pytest.mark.soak]
 

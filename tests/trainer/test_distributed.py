@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rbm.model import CDStats, RBMConfig, RBMParams, cd_statistics
-from tests.conftest import BIN, run_cli
+from tests.harness.cli import BIN, run_cli, train_args, train_model
 from trainer.distributed import LocalCommunicator, ProcessGroupCommunicator
 from trainer.indexing import IndexedRatings
 from trainer.train import TrainConfig, minibatch_stats, train
@@ -151,7 +151,8 @@ def test_the_local_communicator_changes_nothing() -> None:
 
 # A budget that beats the bias baseline on u1 and keeps each run near 20 s on an idle
 # 2-core machine (measured figures in docs/training.md).
-BUDGET = ("--epochs", "5", "--implicit-epochs", "5", "--item-epochs", "15")
+EPOCHS = 5
+BUDGET = ("--implicit-epochs", "5", "--item-epochs", "15", "--seed", "0")
 RMSE_TOLERANCE = 0.01  # the 2-rank model's test RMSE may be at most this much worse
 NDCG_TOLERANCE = 0.02  # and its NDCG@10 at most this much lower
 
@@ -160,14 +161,14 @@ def test_torchrun_on_two_cpu_ranks_trains_as_well_as_one_process(
     movielens: Path, tmp_path: Path
 ) -> None:
     registry = tmp_path / "registry"
-    args = ("--data-dir", str(movielens), "--split", "u1", "--seed", "0", "--json", "--quiet")
+    args = train_args(registry, *BUDGET, epochs=EPOCHS, promote=False, data_dir=movielens)
     # torchrun gives each rank one thread; give the single process the same, since two
     # threads per process on a busy 2-core machine slow training down many times over.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
     torchrun = (str(BIN / "torchrun"), "--nproc-per-node", "2", "--standalone", "-m", "trainer")
     two = subprocess.run(
-        [*torchrun, *args, *BUDGET, "--registry", str(registry)],
+        [*torchrun, *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -176,7 +177,7 @@ def test_torchrun_on_two_cpu_ranks_trains_as_well_as_one_process(
     two_seconds = time.monotonic() - started
     assert two.returncode == 0, two.stderr
     started = time.monotonic()
-    one = json.loads(run_cli("rbm-train", *args, *BUDGET, "--no-register", env=env).stdout)
+    one = train_model(None, *BUDGET, epochs=EPOCHS, data_dir=movielens, env=env)
     one_seconds = time.monotonic() - started
     (report,) = (json.loads(line) for line in two.stdout.splitlines() if line.startswith("{"))
     for name, r, wall in (("1 process", one, one_seconds), ("2 ranks", report, two_seconds)):

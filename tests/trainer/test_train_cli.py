@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import TrainedModel, run_cli
+from tests.harness.cli import TrainedModel, run_cli
 
 
 def test_train_reports_metrics_and_registers_a_promoted_version(trained: TrainedModel) -> None:

@@ -1,34 +1,20 @@
-"""Helpers for tests that drive a real server: calls, client load, an own Redis, metrics."""
+"""Calls to a running server as the tests make them: one Recommend, one update, client load."""
 
 from __future__ import annotations
 
 import threading
-import urllib.request
-from typing import TYPE_CHECKING
 
 import grpc
 
 from rbmrec.v1 import recommender_pb2 as pb
-from tests.harness.redis import OwnRedis, free_port, wait_for
-
-__all__ = [
-    "Load",
-    "OwnRedis",
-    "free_port",
-    "metric",
-    "recommend",
-    "try_update",
-    "update",
-    "wait_for",
-]
-
-if TYPE_CHECKING:  # conftest imports this module for its fixtures
-    from tests.server.conftest import RunningServer
+from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests.harness.server import RunningServer
 
 
-def recommend(stub: object, user: int, n: int = 10) -> pb.RecommendResponse:
+def recommend(stub: pb_grpc.RecommenderStub, user: int, n: int = 10) -> pb.RecommendResponse:
     """One Recommend call."""
-    return stub.Recommend(pb.RecommendRequest(user_id=user, n=n), timeout=30)  # type: ignore[attr-defined]
+    reply: pb.RecommendResponse = stub.Recommend(pb.RecommendRequest(user_id=user, n=n), timeout=30)
+    return reply
 
 
 def update(server: RunningServer, user: int, movie: int, rating: float) -> pb.RatingAck:
@@ -39,7 +25,8 @@ def update(server: RunningServer, user: int, movie: int, rating: float) -> pb.Ra
         )
     )
     assert len(acks) == 1
-    return acks[0]
+    ack: pb.RatingAck = acks[0]
+    return ack
 
 
 def try_update(server: RunningServer, user: int, movie: int, rating: float) -> bool:
@@ -78,14 +65,3 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(30)
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of the server's /metrics (0 when absent)."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == (f"{name}{{{want}}}" if labels else name):
-            return float(value)
-    return 0.0
