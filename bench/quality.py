@@ -1,7 +1,12 @@
-"""Model quality: the RBM against its baselines on ml-100k u1..u5 (and ml-latest-small).
+"""Model quality as a client gets it: the served model against its baselines, per split.
 
-Runs ``rbm-train --json --no-register`` for each split, in one run, and writes a table of
-mean ± std per metric, model and baselines, to ``bench/results/quality.{md,json}``.
+For each ml-100k split (and ml-latest-small with ``--small``): ``rbm-train --json`` trains
+and registers the model; a real ``rbm-serve`` then serves it, and a client asks
+``PredictRatings`` for every test pair and ``Recommend(user, 10)`` for every test user
+with a liked (>= 4) test movie, and scores the answers with ``trainer.evaluate``'s metric
+code. The same version is served a second time with the item-based blend in the ranking
+(``blend_ranking``), and a short load run at concurrency 32 compares the two's requests/s,
+side by side in the same run. Writes ``bench/results/quality.{md,json}``.
 
     .venv/bin/python bench/quality.py [--splits u1,u2,u3,u4,u5] [--epochs 40] [--small]
 """
@@ -13,100 +18,232 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import numpy as np
+import torch
+from serve import ROOT, Variant, _load, _server, write_result
 
-ROOT = Path(__file__).resolve().parent.parent
+from rbm.checkpoint import load_checkpoint, save_checkpoint
+from rbmrec.v1 import recommender_pb2 as pb
+from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from registry.records import VersionMeta
+from registry.store import FileRegistry
+from trainer.data import Ratings, load_dataset
+from trainer.evaluate import ranking_metrics_from_lists, rating_metrics
+
 BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("RBMREC_DATA", ROOT.parent / "shared" / "movielens"))
 METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "hr@10")
 TARGETS = {"rmse": ("<=", 0.925), "ndcg@10": (">=", 0.33)}
+SERVED = "rbm"  # the model as rbm-train registered it
+BLENDED = "rbm-blend-ranking"  # the same version, the item blend in the ranking
+K = 10
 
 
-def _run(dataset: str, split: str, epochs: int) -> dict[str, object]:
+def _train(dataset: str, split: str, epochs: int, registry: Path) -> dict[str, object]:
+    """rbm-train's report; the version it registers is promoted to production."""
     out = subprocess.run(
         [
             str(BIN / "rbm-train"),
-            "--dataset",
-            dataset,
-            "--data-dir",
-            str(DATA),
-            "--split",
-            split,
-            "--epochs",
-            str(epochs),
-            "--json",
-            "--quiet",
-            "--no-register",
+            *("--dataset", dataset, "--data-dir", str(DATA), "--split", split),
+            *("--epochs", str(epochs), "--registry", str(registry), "--model", SERVED),
+            *("--json", "--quiet", "--promote"),
         ],
         check=True,
         capture_output=True,
         text=True,
     )
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
+    report: dict[str, object] = json.loads(out.stdout)
+    return report
 
 
-def _table(runs: list[dict[str, object]]) -> tuple[list[str], dict[str, dict[str, list[float]]]]:
+def _register_blended(registry: Path) -> str:
+    """Register the production version again, with the item blend in the ranking.
+
+    Returns the ranking score the version serves ("rated" leaves the blend out anyway).
+    """
+    reg = FileRegistry(registry)
+    ckpt = load_checkpoint(reg.resolve(SERVED, "production").path)
+    ckpt.blend_ranking = True
+    description = "the production version of rbm, with the item blend in the ranking"
+    info = reg.register(
+        BLENDED, lambda d: save_checkpoint(ckpt, d), VersionMeta(description=description)
+    )
+    reg.set_alias(BLENDED, "production", info.version)
+    return ckpt.ranking
+
+
+def _by_user(users: np.ndarray, values: np.ndarray) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for u, v in zip(users.tolist(), values.tolist(), strict=True):
+        out.setdefault(u, []).append(v)
+    return out
+
+
+def _client_metrics(target: str, test: Ratings) -> dict[str, float]:
+    """What a client measures over gRPC on the test part."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        movies, truth = _by_user(test.users, test.movies), _by_user(test.users, test.ratings)
+        predicted, actual = [], []
+        for user, wanted in movies.items():
+            ids = [int(m) for m in wanted]
+            reply = stub.PredictRatings(
+                pb.PredictRatingsRequest(user_id=user, movie_ids=ids), timeout=60
+            )
+            predicted += list(reply.ratings)
+            actual += truth[user]
+        liked = test.ratings >= 4
+        relevant = {u: set(m) for u, m in _by_user(test.users[liked], test.movies[liked]).items()}
+        tops = [
+            [m.movie_id for m in stub.Recommend(pb.RecommendRequest(user_id=u, n=K)).movies]
+            for u in relevant
+        ]
+    low, high = float(test.ratings.min()), float(test.ratings.max())
+    metrics = rating_metrics(torch.tensor(predicted), torch.tensor(actual), low, high)
+    return metrics | ranking_metrics_from_lists(tops, list(relevant.values()), K)
+
+
+def _serve_and_measure(
+    registry: Path, model: str, test: Ratings, users: str, seconds: float
+) -> dict[str, float]:
+    variant = Variant(model, "", ("--model", model, "--cache", "memory"))
+    with _server(variant, registry, "cpu") as running:
+        quality = _client_metrics(running.target, test)
+        load = _load(running.target, 32, seconds, users)
+    return quality | {"rps": load["rps"], "p99_ms": load["p99_ms"], "errors": load["errors"]}
+
+
+def _split(dataset: str, split: str, epochs: int, seconds: float) -> dict[str, object]:
+    print(f"{dataset} {split} ...", file=sys.stderr, flush=True)
+    test = load_dataset(dataset, DATA, split).test
+    users = f"{int(test.users.min())}-{int(test.users.max())}"  # loadgen's LO-HI range
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Path(tmp)
+        report = _train(dataset, split, epochs, registry)
+        ranking = _register_blended(registry)
+        served = _serve_and_measure(registry, SERVED, test, users, seconds)
+        blended = _serve_and_measure(registry, BLENDED, test, users, seconds)
+    return {
+        "dataset": dataset,
+        "split": split,
+        "ranking": ranking,
+        "report": report,
+        "served": served,
+        "blend_ranking": blended,
+    }
+
+
+def _rows(runs: list[dict[str, object]]) -> dict[str, dict[str, list[float]]]:
+    """Per model and metric, one value per split: the served figures first."""
     models: dict[str, dict[str, list[float]]] = {}
     for run in runs:
-        baselines = run["baselines"]
-        assert isinstance(baselines, dict)
-        for name, metrics in [("rbm", run), *baselines.items()]:
-            for key in METRICS:
+        report = run["report"]
+        assert isinstance(report, dict)
+        named = [
+            ("rbm, served", run["served"]),
+            ("rbm, blend in ranking, served", run["blend_ranking"]),
+            ("rbm, rbm-train report", report),
+            *report["baselines"].items(),
+        ]
+        for name, metrics in named:
+            assert isinstance(metrics, dict)
+            for key in (*METRICS, "rps"):
                 if key in metrics:
                     models.setdefault(name, {}).setdefault(key, []).append(float(metrics[key]))
-    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    return models
+
+
+def _table(models: dict[str, dict[str, list[float]]]) -> list[str]:
+    cols = (*METRICS, "rps")
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, values in models.items():
         cells = [
-            f"{np.mean(values[k]):.4f} ± {np.std(values[k]):.4f}" if k in values else "–"
-            for k in METRICS
+            (
+                f"{np.mean(values[k]):.4f} ± {np.std(values[k]):.4f}"
+                if k != "rps"
+                else f"{np.mean(values[k]):.0f}"
+            )
+            if k in values
+            else "–"
+            for k in cols
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines, models
+    return lines
+
+
+def _gaps(runs: list[dict[str, object]]) -> list[str]:
+    """Served minus reported, per split: the report must be what a client gets."""
+    lines = [
+        "| split | ranking | rmse served − report | ndcg@10 served − report "
+        "| ndcg@10 blend − plain | blend rps ÷ plain rps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        served, report, blended = run["served"], run["report"], run["blend_ranking"]
+        assert isinstance(served, dict) and isinstance(report, dict) and isinstance(blended, dict)
+        lines.append(
+            f"| {run['dataset']} {run['split']} | {run['ranking']} "
+            f"| {served['rmse'] - report['rmse']:+.5f} "
+            f"| {served['ndcg@10'] - report['ndcg@10']:+.5f} "
+            f"| {blended['ndcg@10'] - served['ndcg@10']:+.4f} "
+            f"| {blended['rps'] / served['rps']:.2f} |"
+        )
+    return lines
 
 
 def main() -> None:
-    """Train and evaluate on every split; print and write the table."""
+    """Train, serve and measure every split; print and write the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--splits", default="u1,u2,u3,u4,u5")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--small", action="store_true", help="also ml-latest-small, holdout split")
+    p.add_argument("--load-seconds", type=float, default=5.0, help="load run per server")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = p.parse_args()
-    runs = []
-    for split in a.splits.split(","):
-        print(f"ml-100k {split} ...", file=sys.stderr, flush=True)
-        runs.append(_run("ml-100k", split, a.epochs))
-    lines, models = _table(runs)
+    runs = [_split("ml-100k", s, a.epochs, a.load_seconds) for s in a.splits.split(",")]
+    models = _rows(runs)
     command = " ".join(["python", "bench/quality.py", *sys.argv[1:]])
     report = [
-        f"# Model quality, ml-100k {a.splits} (mean ± std over splits)",
+        f"# Model quality as served, ml-100k {a.splits} (mean ± std over splits)",
         "",
         f"`{command}`, {datetime.now(UTC).date()}",
         "",
-        *lines,
+        "Served rows: a client over gRPC against a real rbm-serve (PredictRatings on every",
+        "test pair, Recommend(user, 10) for every test user with a liked movie); rps:",
+        "Recommend requests/s at concurrency 32, same machine, same run.",
+        "",
+        *_table(models),
+        "",
+        *_gaps(runs),
         "",
     ]
-    rbm = models["rbm"]
+    served = models["rbm, served"]
     for key, (op, bound) in TARGETS.items():
-        mean = float(np.mean(rbm[key]))
+        mean = float(np.mean(served[key]))
         met = mean <= bound if op == "<=" else mean >= bound
         report.append(f"- target {key} {op} {bound}: {mean:.4f} ({'met' if met else 'not met'})")
     small: dict[str, object] | None = None
     if a.small:
-        print("ml-latest-small holdout ...", file=sys.stderr, flush=True)
-        small = _run("ml-latest-small", "holdout", a.epochs)
-        small_lines, _ = _table([small])
-        report += ["", "## ml-latest-small, seeded per-user holdout (one run)", "", *small_lines]
+        small = _split("ml-latest-small", "holdout", a.epochs, a.load_seconds)
+        report += [
+            "",
+            "## ml-latest-small, seeded per-user holdout (one run)",
+            "",
+            *_table(_rows([small])),
+            "",
+            *_gaps([small]),
+        ]
     text = "\n".join(report) + "\n"
     print(text)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "quality.md").write_text(text)
-    (a.out / "quality.json").write_text(
-        json.dumps({"command": command, "runs": runs, "ml_latest_small": small}, indent=1)
+    write_result(
+        a.out / "quality.json", "bench/quality.py", {"runs": runs, "ml_latest_small": small}
     )
 
 
