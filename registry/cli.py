@@ -11,7 +11,11 @@ Exit codes:
     5  failed precondition: promotion gate refused, smoke test failed, nothing to roll back
     6  corrupt: checksum mismatch or unreadable registry files
     7  I/O error: disk full, read-only file system, permission denied
-    8  already exists
+    8  already exists (export-onnx: the output file, without --force)
+
+Rollback and gc: `rollback` moves an alias back to where it pointed before its last
+move, and is itself a move, so a second `rollback` swaps back to the newer version.
+`gc` never deletes an aliased version, nor one an alias would roll back to.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -29,7 +34,7 @@ from registry.hooks import ModelHooks, default_hooks
 from registry.names import DEFAULT_MODEL
 from registry.store import FileRegistry, resolve_root
 
-__all__ = ["EXIT_CODES", "ModelHooks", "default_hooks", "main", "run"]
+__all__ = ["EXIT_CODES", "HelpFormatter", "ModelHooks", "default_hooks", "main", "run"]
 
 PROG = "rbm-registry"
 _DOC = __doc__ or ""  # None under python -OO
@@ -41,6 +46,44 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.IO_ERROR: 7,
     ErrorCode.ALREADY_EXISTS: 8,
 }
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help that shows each option's default, as "(default: X)", where it has one.
+
+    Like argparse.ArgumentDefaultsHelpFormatter, less the noise of flags (False) and unset
+    or empty options; lines never break inside a hyphenated word (--max-rmse-regression).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = action.option_strings or action.nargs in ("?", "*")
+        if (
+            "%(default)" in text
+            or "(default: " in text
+            or not shown
+            or default in (None, "", argparse.SUPPRESS)
+            or isinstance(default, bool)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level --help: the module docstring's epilog keeps its layout."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,16 +107,22 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description=_DOC.split("\n", 1)[0],
         epilog=_DOC.split("\n\n", 2)[-1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_TopFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        parent: Any, name: str, text: str, handler: c.Handler | None
+        parent: Any, name: str, text: str, handler: c.Handler | None, more: str = ""
     ) -> argparse.ArgumentParser:
         cmd = cast(
             argparse.ArgumentParser,
-            parent.add_parser(name, help=text, description=text, parents=[common]),
+            parent.add_parser(
+                name,
+                help=text,
+                description=f"{text}. {more}" if more else text,
+                parents=[common],
+                formatter_class=HelpFormatter,
+            ),
         )
         if handler is not None:
             cmd.set_defaults(handler=handler)
@@ -86,7 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
                 nargs="?",
                 default=DEFAULT_MODEL,
                 metavar="MODEL",
-                help=f"model name (default: {DEFAULT_MODEL})",
+                help="model name",
             )
         else:
             cmd.add_argument("model", metavar="MODEL", help="model name, e.g. rbm")
@@ -94,8 +143,20 @@ def _build_parser() -> argparse.ArgumentParser:
     def reason(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--reason", default="", help="why; recorded in the history")
 
-    cmd = add(sub, "list", "list the versions of a model", c.cmd_list)
+    cmd = add(
+        sub,
+        "list",
+        "list the versions of a model",
+        c.cmd_list,
+        "The table fits 100 columns: the gate's and the test's RMSE and NDCG@10 only; "
+        "--wide, `show` or --json give every metric.",
+    )
     model(cmd, optional=True)
+    cmd.add_argument(
+        "--wide",
+        action="store_true",
+        help="every metric and the full creation time, however wide the table gets",
+    )
     cmd = add(sub, "show", "show one version (number or alias)", c.cmd_show)
     model(cmd)
     cmd.add_argument("ref", metavar="VERSION|ALIAS")
@@ -108,7 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     model(cmd)
     cmd.add_argument("ref", metavar="VERSION", help="version number (or an alias, e.g. staging)")
-    cmd.add_argument("--alias", default="production", help="alias to move (default: production)")
+    cmd.add_argument("--alias", default="production", help="alias to move")
     reason(cmd)
     cmd.add_argument(
         "--force", action="store_true", help="promote despite metric regressions; requires --reason"
@@ -118,16 +179,24 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         metavar="X",
-        help="largest allowed RMSE increase over the current version (default 0.01)",
+        help="largest allowed RMSE increase over the current version",
     )
     cmd.add_argument(
         "--max-ndcg-regression",
         type=float,
         default=0.01,
         metavar="X",
-        help="largest allowed NDCG@10 decrease (default 0.01)",
+        help="largest allowed NDCG@10 decrease",
     )
-    cmd = add(sub, "rollback", "move an alias back to its previous version", c.cmd_rollback)
+    cmd = add(
+        sub,
+        "rollback",
+        "move an alias back to its previous version (a second rollback swaps back)",
+        c.cmd_rollback,
+        "The version is the one the alias pointed to before its last move, per the history. "
+        "A rollback is itself a move, so a second rollback swaps back to the newer version; "
+        "use `alias set` to go further back.",
+    )
     model(cmd)
     cmd.add_argument("--alias", default="production", help="alias to roll back")
     reason(cmd)
@@ -148,19 +217,42 @@ def _build_parser() -> argparse.ArgumentParser:
     model(cmd)
     cmd.add_argument("ref", nargs="?", metavar="VERSION", help="default: every version")
     cmd.add_argument("--checksums-only", action="store_true", help="skip the smoke test")
-    cmd = add(sub, "gc", "delete old versions; aliased ones are always kept", c.cmd_gc)
+    cmd = add(
+        sub,
+        "gc",
+        "delete old versions; aliased ones and rollback targets are always kept",
+        c.cmd_gc,
+        "Beyond the newest N, a version is kept if an alias points to it or if `rollback` "
+        "of an alias would return to it (the version it pointed to before its last move).",
+    )
     model(cmd)
     cmd.add_argument(
         "--keep",
         type=int,
         required=True,
         metavar="N",
-        help="keep the newest N versions (plus every aliased one)",
+        help="keep the newest N versions (plus every aliased one and every rollback target)",
     )
-    cmd = add(sub, "export-onnx", "export a version to ONNX", c.cmd_export)
+    cmd = add(
+        sub,
+        "export-onnx",
+        "export a version to ONNX",
+        c.cmd_export,
+        "Without --output it writes ./MODEL-vN.onnx, and refuses (exit 8) if that file "
+        "exists, unless --force. It prints where it wrote.",
+    )
     model(cmd)
-    cmd.add_argument("ref", metavar="VERSION")
-    cmd.add_argument("--output", metavar="PATH", help="default: ./MODEL-vN.onnx")
+    cmd.add_argument("ref", metavar="VERSION", help="version number or alias")
+    cmd.add_argument(
+        "--output",
+        metavar="PATH",
+        help="file to write, replaced if it exists (default: ./MODEL-vN.onnx)",
+    )
+    cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite ./MODEL-vN.onnx if it exists (without --output)",
+    )
     return parser
 
 

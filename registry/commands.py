@@ -42,7 +42,41 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _num(value: object) -> str:
+    """A metric for people: whole numbers as integers (20, not 20.0000), others to 4 places."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+LIST_WIDTH = 100  # columns of `list` without --wide
+# The metrics `list` shows without --wide: the gate's (validation) and the test split's.
+LIST_METRICS = ("val_rmse", "val_ndcg@10", "rmse", "ndcg@10")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+def _short_time(created_at: str) -> str:
+    """``2026-12-04T06:08:45.017+00:00`` as ``2026-12-04 06:08`` (the registry writes UTC)."""
+    return created_at[:16].replace("T", " ")
+
+
+def _narrow_table(headers: list[str], rows: list[list[str]], width: int) -> str:
+    """``_table`` within ``width`` columns: the last column (a description) is clipped,
+    then the metric columns before it dropped from the right, and any line still too wide
+    (a long alias list) cut."""
+    fixed = 3  # VERSION, ALIASES, CREATED; metrics follow, the description is last
+    while True:
+        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
+        room = width - sum(widths) - 2 * (len(headers) - 1)
+        if room >= min(len(headers[-1]), 12) or len(headers) <= fixed + 1:
+            break
+        del headers[-2]  # the rightmost metric
+        for row in rows:
+            del row[-2]
+    rows = [[*row[:-1], _clip(row[-1], max(room, 0))] for row in rows]
+    return "\n".join(_clip(line, width) for line in _table(headers, rows).splitlines())
 
 
 def _change_text(change: AliasChange) -> str:
@@ -55,18 +89,23 @@ def _change_text(change: AliasChange) -> str:
 
 def cmd_list(reg: FileRegistry, args: argparse.Namespace, hooks: ModelHooks) -> Output:
     infos = reg.list_versions(args.model)
-    keys = sorted({key for info in infos for key in info.meta.metrics})
+    wide = getattr(args, "wide", False)
+    present = {key for info in infos for key in info.meta.metrics}
+    keys = sorted(present)
+    if not wide:  # the gate's and the test's figures; else what there is, as far as it fits
+        keys = [k for k in LIST_METRICS if k in present] or keys
     rows = [
         [
-            info.version,
+            str(info.version),
             ",".join(info.aliases),
-            info.meta.created_at,
+            info.meta.created_at if wide else _short_time(info.meta.created_at),
             *[_num(info.meta.metrics.get(k)) for k in keys],
             info.meta.description,
         ]
         for info in infos
     ]
-    text = _table(["VERSION", "ALIASES", "CREATED", *keys, "DESCRIPTION"], rows)
+    headers = ["VERSION", "ALIASES", "CREATED", *keys, "DESCRIPTION"]
+    text = _table(headers, rows) if wide else _narrow_table(headers, rows, LIST_WIDTH)
     if not infos:
         text = f"model {args.model} has no versions"
     return Output([info.to_dict() for info in infos], text)
@@ -222,6 +261,15 @@ def cmd_export(reg: FileRegistry, args: argparse.Namespace, hooks: ModelHooks) -
         raise RegistryError(
             "--output must be outside the (immutable) version directory", ErrorCode.INVALID_ARGUMENT
         )
+    # A folder is left to the exporter to fail on; a file in the way of the default name
+    # (the current folder) is not overwritten by surprise. An explicit --output is.
+    replacing = output.exists() and not output.is_dir()
+    if replacing and args.output is None and not getattr(args, "force", False):
+        raise RegistryError(
+            f"{output} already exists; not overwriting it without --force "
+            "(or write elsewhere with --output PATH)",
+            ErrorCode.ALREADY_EXISTS,
+        )
     report = reg.verify(args.model, info.version)
     if not report.ok:
         raise RegistryError(
@@ -235,7 +283,8 @@ def cmd_export(reg: FileRegistry, args: argparse.Namespace, hooks: ModelHooks) -
         raise RegistryError(f"ONNX export failed: {exc}", ErrorCode.IO_ERROR) from exc
     except Exception as exc:  # the exporter may fail in any way; report it in one line
         raise RegistryError(f"ONNX export failed: {exc}", ErrorCode.FAILED_PRECONDITION) from exc
+    replaced = " (replaced the file that was there)" if replacing else ""
     return Output(
         {"model": args.model, "version": info.version, "output": str(output)},
-        f"wrote {output}",
+        f"wrote {args.model} version {info.version} as ONNX to {output}{replaced}",
     )

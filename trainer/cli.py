@@ -1,7 +1,11 @@
 """``rbm-train``: train on MovieLens, evaluate, register a version and optionally promote it.
 
 Exit codes: 0 success, 2 bad usage, 3 data unavailable (the data set, or Redis for
-``--ratings-log``), 4 training failed, 5 registry error.
+``--ratings-log``), 4 training failed, 5 registry error (also when the version was
+registered but the promotion gate refused it: the report is printed all the same).
+
+Progress goes to stderr, one bar per phase (user RBM, implicit RBM, item RBM, evaluation)
+and a line for each phase that stops early; stdout carries only the report.
 
 Launched by torchrun (``torchrun --nproc-per-node N -m trainer ...``), every rank trains;
 rank 0 alone evaluates, registers, promotes and prints, and the others exit 0 after training.
@@ -13,6 +17,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -26,6 +31,7 @@ from tqdm import tqdm
 
 from rbm.checkpoint import save_checkpoint, smoke_test
 from rbm.onnx_export import ONNX_FILE, export_checkpoint
+from registry.cli import HelpFormatter
 from registry.errors import RegistryError
 from registry.gate import promote
 from registry.names import check_model_name
@@ -39,9 +45,10 @@ from trainer.data import (
     resolve_data_dir,
 )
 from trainer.distributed import Communicator, RankZeroFailed, from_environment
+from trainer.loop import EpochProgress
 from trainer.pipeline import TrainOutcome, evaluate_models, fit_models
 from trainer.rating_log import RatingLog, RatingLogUnavailable, read_rating_log
-from trainer.train import EpochReport, TrainConfig
+from trainer.train import EpochReport, TrainConfig, model_configs
 
 __all__ = ["main"]
 
@@ -51,26 +58,41 @@ log = logging.getLogger("rbm-train")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rbm-train",
-        description="Train the softmax RBM on MovieLens, evaluate it against baselines, "
-        "register it as a new version and optionally promote it.",
+        description="Train the softmax RBM on MovieLens, evaluate it against baselines "
+        "(global mean, biases, popularity, item-kNN), register it as a new version and "
+        "optionally promote it.",
+        epilog="Exit codes: 0 success, 2 bad usage, 3 data unavailable, 4 training failed, "
+        "5 registry error, also when --promote was refused (the version stays registered "
+        "and the report is printed).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--dataset", choices=DATASETS, default="ml-100k")
+    p.add_argument("--dataset", choices=DATASETS, default="ml-100k", help="MovieLens data set")
     p.add_argument(
-        "--data-dir", help="folder holding the data set (else $RBMREC_DATA, else ./data)"
+        "--data-dir", help="folder holding the data set (default: $RBMREC_DATA, else ./data)"
     )
     p.add_argument("--split", default="u1", help="u1..u5, ua, ub (ml-100k) or holdout")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--hidden", type=int, default=TrainConfig.n_hidden, help="hidden units")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=TrainConfig.epochs,
+        metavar="N",
+        help="most epochs of the user-based RBM (each RBM stops early when validation stalls)",
+    )
+    p.add_argument(
+        "--hidden", type=int, default=TrainConfig.n_hidden, metavar="N", help="hidden units"
+    )
     p.add_argument(
         "--implicit-epochs",
         type=int,
         default=TrainConfig.implicit_epochs,
+        metavar="N",
         help="most epochs of the implicit-feedback RBM",
     )
     p.add_argument(
         "--item-epochs",
         type=int,
         default=TrainConfig.item_epochs,
+        metavar="N",
         help="most epochs of the item-based RBM",
     )
     p.add_argument(
@@ -78,14 +100,31 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the item-based RBM's blend enter the ranking too (slower serving pass)",
     )
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--registry", help="registry root (else $RBMREC_REGISTRY, else ./registry)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=TrainConfig.seed,
+        metavar="N",
+        help="seed of the split, the initial weights and the sampling, in 0..2**63-1",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: cuda when available, else cpu",
+    )
+    p.add_argument("--registry", help="registry root (default: $RBMREC_REGISTRY, else ./registry)")
     p.add_argument("--model", default="rbm", help="model name in the registry")
-    p.add_argument("--promote", action="store_true", help="point the production alias at it")
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="point the production alias at it, through the promotion gate",
+    )
     p.add_argument("--no-register", action="store_true", help="train and evaluate only")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or early-stop lines on stderr"
+    )
     p.add_argument(
         "--ratings-log",
         metavar="REDIS_URL",
@@ -125,7 +164,12 @@ def _register(
     cfg: TrainConfig,
     fingerprint: str,
     world_size: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], RegistryError | None]:
+    """Register the version; with --promote, also try the gate.
+
+    Returns the report's ``registered`` part and why the promotion was refused, if it was
+    (``"promoted": null`` then): the version is registered either way.
+    """
     registry = FileRegistry(resolve_root(args.registry))
     params: dict[str, Any] = cfg.to_dict() | {
         "dataset": args.dataset,
@@ -156,17 +200,22 @@ def _register(
 
     info = registry.register(args.model, write_files, meta)
     result: dict[str, Any] = {"model": args.model, "version": info.version, "path": str(info.path)}
+    refused = None
     if args.promote:  # through the same gate as `rbm-registry promote`
-        promote(
-            registry,
-            args.model,
-            info.version,
-            "production",
-            reason="rbm-train --promote",
-            smoke_test=smoke_test,
-        )
-        result["promoted"] = "production"
-    return result
+        try:
+            promote(
+                registry,
+                args.model,
+                info.version,
+                "production",
+                reason="rbm-train --promote",
+                smoke_test=smoke_test,
+            )
+            result["promoted"] = "production"
+        except RegistryError as exc:
+            result["promoted"] = None
+            refused = exc
+    return result, refused
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,37 +277,143 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
     except ValueError as exc:
         return fail(2, exc)
 
-    quiet = args.quiet or not comm.is_main
-    bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", disable=quiet, file=sys.stderr)
-
-    def on_epoch(r: EpochReport) -> None:
-        bar.update(1)
-        bar.set_postfix(k=r.cd_k, recon_rmse=f"{r.recon_rmse:.3f}", val_rmse=f"{r.val_rmse:.4f}")
-
+    progress = _Progress(cfg, enabled=not (args.quiet or not comm.is_main))
     started = time.monotonic()
     try:
-        fitted = fit_models(ds, cfg, on_epoch, comm, log)
+        fitted = fit_models(
+            ds,
+            cfg,
+            progress.user_epoch,
+            comm,
+            log,
+            on_progress=progress.epoch,
+            on_phase=progress.phase,
+        )
         if not comm.is_main:
             return 0  # rank 0 evaluates and registers what every rank trained alike
+        progress.phase(_EVALUATION)
         outcome = evaluate_models(ds, cfg, fitted)
+        progress.finish()
     except (FloatingPointError, RuntimeError, ValueError) as exc:
         return fail(4, f"training failed: {exc}")
     finally:
-        bar.close()
+        progress.close()
 
     outcome.metrics["train_seconds"] = round(time.monotonic() - started, 3)
     report = _report(args, outcome, cfg, comm.world_size)
+    refused: RegistryError | None = None
     if not args.no_register:
         fingerprint = ds.fingerprint if log is None else log.fingerprint(ds.fingerprint)
         try:
-            report["registered"] = _register(args, outcome, cfg, fingerprint, comm.world_size)
+            report["registered"], refused = _register(
+                args, outcome, cfg, fingerprint, comm.world_size
+            )
         except RegistryError as exc:
             return fail(5, exc)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
     else:
         _print_human(report)
+        sys.stdout.flush()
+    if refused is not None:  # registered all the same: say which version, and why not promoted
+        version = report["registered"]["version"]
+        return fail(5, f"registered version {version}, not promoted: {refused.message}")
     return 0
+
+
+_RANKING = "ranking"  # fit_models' last step: choosing the ranking score on validation
+_EVALUATION = "evaluation"
+
+
+class _Progress:
+    """Progress on stderr: one tqdm bar per phase, and a line when a phase stops early.
+
+    fit_models announces each phase (``phase``) and reports each epoch of each RBM. The
+    evaluation bar has two steps: the ranking choice on the validation slice (the end of
+    fit_models) and the test split with the baselines (evaluate_models). Nothing is shown
+    when disabled (--quiet, or a rank other than 0); stdout is never written.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, enabled: bool) -> None:
+        specs = model_configs(cfg)
+        self._budgets = {s.name: s.epochs for s in (specs.user, specs.implicit, specs.item) if s}
+        self._user = specs.user
+        self._enabled = enabled
+        self._bar: tqdm[Any] | None = None
+        self._name: str | None = None  # of the open phase
+        self._last: EpochProgress | None = None  # its last epoch
+        self._best_user: tuple[int, float] = (0, math.inf)
+
+    def phase(self, name: str) -> None:
+        """End the open phase (saying whether it stopped early) and start ``name``."""
+        if name == _EVALUATION and self._name == _EVALUATION:  # after the ranking step
+            self._step("test split and baselines")
+            return
+        self.finish()
+        if name == _RANKING:
+            self._start(_EVALUATION, 2, "step", "ranking on validation")
+        elif name == _EVALUATION:
+            self._start(_EVALUATION, 1, "step", "test split and baselines")
+        else:
+            self._start(name, self._budgets.get(name), "epoch")
+
+    def user_epoch(self, r: EpochReport) -> None:
+        """An epoch of the user-based RBM, whose report has no best epoch: tracked here."""
+        if r.val_rmse < self._best_user[1]:  # as the loop keeps it: strictly better
+            self._best_user = (r.epoch, r.val_rmse)
+        spec = self._user
+        self.epoch(
+            EpochProgress(
+                spec.name,
+                r.epoch,
+                spec.epochs,
+                r.cd_k,
+                r.recon_rmse,
+                spec.metric,
+                r.val_rmse,
+                self._best_user[0],
+            )
+        )
+
+    def epoch(self, p: EpochProgress) -> None:
+        """One epoch of the RBM whose phase is open."""
+        self._last = p
+        if self._bar is not None:
+            postfix = {"k": p.cd_k, "recon_rmse": f"{p.recon_rmse:.3f}", p.metric: f"{p.val:.4f}"}
+            self._bar.set_postfix(postfix | {"best": p.best_epoch}, refresh=False)
+            self._bar.update(1)
+
+    def finish(self) -> None:
+        """End the open phase; say so if its RBM stopped before its budget of epochs."""
+        name, last = self._name, self._last
+        if self._bar is not None and name == _EVALUATION:
+            self._bar.set_postfix_str("done", refresh=False)
+            self._bar.update((self._bar.total or 0) - self._bar.n)
+        self.close()
+        if self._enabled and last is not None and last.epoch < last.epochs:
+            print(
+                f"{name}: early stop at epoch {last.epoch} (best {last.best_epoch})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        """Close the open bar as it stands (also after a failure), without a word."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._name, self._last = None, None, None
+
+    def _start(self, name: str, total: int | None, unit: str, step: str = "") -> None:
+        self._name = name
+        if self._enabled:
+            self._bar = tqdm(total=total, desc=name, unit=unit, file=sys.stderr)
+            if step:
+                self._bar.set_postfix_str(step)
+
+    def _step(self, what: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(what, refresh=False)
+            self._bar.update(1)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -268,6 +423,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown split {args.split!r} for ml-100k; choose holdout or {choices}")
     if args.dataset != "ml-100k" and args.split != "holdout":
         raise ValueError(f"{args.dataset} has no canonical splits; use --split holdout")
+    for flag in ("--epochs", "--hidden", "--implicit-epochs", "--item-epochs"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if not args.no_register:
@@ -318,7 +477,9 @@ def _print_human(report: dict[str, Any]) -> None:
         print(f"{name:<12}{cells}")
     if "registered" in report:
         reg = report["registered"]
-        promoted = f", promoted to {reg['promoted']}" if "promoted" in reg else ""
+        promoted = ""
+        if "promoted" in reg:  # null: the gate refused it (the error line says why)
+            promoted = f", promoted to {reg['promoted']}" if reg["promoted"] else ", not promoted"
         print(f"registered {reg['model']} version {reg['version']}{promoted}")
 
 

@@ -19,6 +19,7 @@ from trainer.data import Dataset, Ratings, holdout_split
 from trainer.distributed import Communicator, LocalCommunicator
 from trainer.evaluate import ranking_metrics, rating_metrics
 from trainer.indexing import IndexedRatings, Indexer
+from trainer.loop import EpochProgress
 from trainer.predict import predict_indexed
 from trainer.rating_log import LogMerge, RatingLog, merge_log
 from trainer.served_eval import engine_for, evaluate_served
@@ -55,11 +56,6 @@ class _Models:
     item: ItemModel | None
     n_movies: int
     train_users: np.ndarray  # MovieLens ids of the item RBM's visible units, in row order
-
-    def item_rows(self, user_ids: np.ndarray) -> np.ndarray:
-        """Row of each user in the item RBM, -1 for users it does not know."""
-        pos = np.clip(np.searchsorted(self.train_users, user_ids), 0, len(self.train_users) - 1)
-        return np.where(self.train_users[pos] == user_ids, pos, -1).astype(np.int64)
 
 
 def _checkpoint(
@@ -127,13 +123,22 @@ def fit_models(
     on_epoch: Callable[[EpochReport], None] | None = None,
     comm: Communicator | None = None,
     log: RatingLog | None = None,
+    *,
+    on_progress: Callable[[EpochProgress], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> FittedModels:
     """Train the three RBMs, early-stopped on a validation slice of the training data.
 
     With a process group in ``comm`` every rank takes part and gets the same models; the
     choices made on validation are rank 0's. ``log`` is merged into the fitting part.
+
+    Progress: ``on_phase`` gets each step's name as it starts ("user RBM", "implicit RBM",
+    "item RBM": their ``LoopConfig.name``; then "ranking", the choice on validation),
+    ``on_epoch`` each epoch of the user-based RBM, ``on_progress`` each epoch of the
+    implicit and item-based RBMs.
     """
     comm = comm or LocalCommunicator()
+    phase = on_phase or (lambda name: None)
     ix = Indexer(ds)
     levels_np = np.asarray(ds.levels, dtype=np.float32)
     levels = torch.from_numpy(levels_np).to(cfg.device)
@@ -145,21 +150,25 @@ def fit_models(
     train_users = np.unique(train_all.users)
     fit, val = ix.index(fit_part, train_users), ix.index(val_part, train_users)
     rbm_config = RBMConfig(ix.n_movies, len(ds.levels), cfg.n_hidden)
+    phase("user RBM")
     result = train(fit, val, rbm_config, levels, cfg, on_epoch, comm)
     params = result.params
-    implicit = (
-        train_implicit(fit, val, ix.n_movies, levels_np, cfg, comm=comm).params
-        if cfg.n_hidden_implicit
-        else None
-    )
+    implicit = None
+    if cfg.n_hidden_implicit:
+        phase("implicit RBM")
+        implicit = train_implicit(
+            fit, val, ix.n_movies, levels_np, cfg, comm=comm, on_epoch=on_progress
+        ).params
     item, val_rmse = None, result.best_val_rmse
     if cfg.n_hidden_item:
+        phase("item RBM")
         user_val = predict_indexed(params, rbm_config, fit, val, levels)
         own_all = ix.index(train_all, train_users)
         item, val_rmse = train_item_based(
-            fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm
+            fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm, on_progress
         )
     models = _Models(params, implicit, item, ix.n_movies, train_users)
+    phase("ranking")
     ranking, val_ndcg = comm.decide(
         lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)
     )

@@ -70,11 +70,11 @@ def test_a_bad_command_line_is_a_usage_error(train: Train, argv: list[str]) -> N
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--epochs", "-1"], "epochs must be >= 1"),
+        (["--epochs", "-1"], "--epochs must be >= 1, got -1"),
         (["--epochs", "0"], "epochs must be >= 1"),
-        (["--hidden", "0"], "n_hidden must be >= 1"),
-        (["--implicit-epochs", "0"], "implicit_epochs"),
-        (["--item-epochs", "-3"], "item_epochs"),
+        (["--hidden", "0"], "--hidden must be >= 1, got 0"),
+        (["--implicit-epochs", "0"], "--implicit-epochs must be >= 1"),
+        (["--item-epochs", "-3"], "--item-epochs must be >= 1, got -3"),
         (["--split", "u9"], "u9"),
         (["--split", ""], "unknown split"),
         (["--dataset", "ml-latest-small", "--split", "u1"], "use --split holdout"),
