@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # These machines (and CI) have no network: use the shared MovieLens copy when it is there.
 SHARED_DATA := $(wildcard $(CURDIR)/../shared/movielens)
 export RBMREC_DATA ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),$(CURDIR)/data)
+# make demo keeps to a Redis database of its own (1) unless REDIS_URL is given (read here,
+# before the default below is set); make test keeps database 0.
+DEMO_REDIS_URL := $(if $(filter environment% command% override,$(origin REDIS_URL)),$(REDIS_URL),redis://127.0.0.1:6379/1)
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: install proto demo test lint typecheck unit soak clean
@@ -25,7 +28,7 @@ proto: install
 	PYTHON=$(BIN)/python ./scripts/gen_proto.sh
 
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" REDIS_URL="$(DEMO_REDIS_URL)" ./scripts/demo.sh
 
 lint: install
 	$(BIN)/ruff check .

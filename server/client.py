@@ -1,6 +1,7 @@
 """``rbm-client``: a small command-line client of rbmrec.v1.Recommender.
 
-Exit codes: 0 success, 1 the RPC failed (the status code is printed), 2 bad usage.
+Exit codes: 0 success, 1 the RPC failed (the status code is printed), 2 bad usage, 141
+stdout was closed before everything was printed (``| head``), as SIGPIPE would end a tool.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +23,23 @@ from server.auth import bearer_metadata, load_token
 from server.tls import channel_credentials
 
 __all__ = ["main"]
+
+CLOSED_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
+
+_EPILOG = """\
+output:
+  Human-readable text by default; --json prints one JSON object on stdout instead.
+  model_version is a string in every response, as in the API (rbmrec.v1's proto):
+  that is the contract, whatever the version looks like. rbm-registry --json gives
+  the same version as a number ("version": 3); both formats stay as they are.
+  predict prints movie ids with their predicted ratings (PredictRatings carries no
+  titles; recommend shows them); its --json "ratings" maps each movie id, a string
+  as JSON object keys are, to its rating.
+
+exit codes:
+  0 success, 1 the RPC failed (its status code is printed), 2 bad usage,
+  141 stdout closed early (e.g. | head), as SIGPIPE would end a tool
+"""
 
 
 def _bounded_int(bits: int) -> Callable[[str], int]:
@@ -48,14 +67,28 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rbm-client", description="Call an rbmrec server.")
+    p = argparse.ArgumentParser(
+        prog="rbm-client",
+        description="Call an rbmrec server.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--target",
         default=os.environ.get("RBMREC_TARGET", "127.0.0.1:50051"),
-        help="host:port of the server ($RBMREC_TARGET)",
+        help="host:port of the server (env $RBMREC_TARGET, default 127.0.0.1:50051)",
     )
-    p.add_argument("--timeout", type=_positive, default=10.0, help="seconds per call")
-    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds each call may take, its gRPC deadline (default %(default)s)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the response as one JSON object (default: text); see output below",
+    )
     p.add_argument("--tls-ca", metavar="PATH", help="PEM CA to trust: connect with TLS")
     p.add_argument("--tls-cert", metavar="PATH", help="PEM client certificate, for mutual TLS")
     p.add_argument("--tls-key", metavar="PATH", help="PEM key of --tls-cert")
@@ -68,17 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="top-n movies for a user")
-    rec.add_argument("--user", type=_int64, required=True)
-    rec.add_argument("-n", "--n", type=_int32, default=10)
-    rec.add_argument("--include-rated", action="store_true")
-    rate = sub.add_parser("rate", help="stream one rating update")
-    rate.add_argument("--user", type=_int64, required=True)
-    rate.add_argument("--movie", type=_int64, required=True)
-    rate.add_argument("--rating", type=float, required=True)
+    rec.add_argument("--user", type=_int64, required=True, help="MovieLens user id")
+    rec.add_argument(
+        "-n", "--n", type=_int32, default=10, help="how many movies, 1..1000 (default %(default)s)"
+    )
+    rec.add_argument(
+        "--include-rated", action="store_true", help="also movies the user rated (default: not)"
+    )
+    rate = sub.add_parser(
+        "rate", help="stream one rating update (needs a server with --cache redis)"
+    )
+    rate.add_argument("--user", type=_int64, required=True, help="MovieLens user id")
+    rate.add_argument("--movie", type=_int64, required=True, help="MovieLens movie id")
+    rate.add_argument("--rating", type=float, required=True, help="on the data set's scale")
     rate.add_argument("--timestamp", type=_int64, default=0, help="Unix seconds (default now)")
     pred = sub.add_parser("predict", help="predicted ratings of some movies for a user")
-    pred.add_argument("--user", type=_int64, required=True)
-    pred.add_argument("--movies", type=_int64, nargs="+", required=True)
+    pred.add_argument("--user", type=_int64, required=True, help="MovieLens user id")
+    pred.add_argument("--movies", type=_int64, nargs="+", required=True, help="MovieLens movie ids")
     sub.add_parser("info", help="the model being served")
     return p
 
@@ -152,8 +191,15 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
             print("accepted")
         else:
             print(f"rbm-client: rejected: {out['error']}", file=sys.stderr)
+    elif command == "predict":
+        # PredictRatings carries no titles: movie ids and ratings, in aligned columns.
+        print(f"user {out['user_id']} (model version {out['model_version']}):")
+        width = max(len("movie"), *(len(str(m)) for m in out["ratings"]))
+        print(f"{'movie':>{width}}  predicted")
+        for movie, rating in out["ratings"].items():
+            print(f"{movie:>{width}}  {rating:9.2f}")
     else:
-        for key, value in (out["ratings"] if command == "predict" else out).items():
+        for key, value in out.items():
             print(f"{key}: {value}")
 
 
@@ -186,10 +232,19 @@ def main(argv: list[str] | None = None) -> int:
             details = exc.details() if hasattr(exc, "details") else str(exc)
             print(f"rbm-client: error: {code}: {details}", file=sys.stderr)
             return 1
-    if args.json:
-        print(json.dumps(out))
-    else:
-        _print_human(args.command, out)
+    try:
+        if args.json:
+            print(json.dumps(out))
+        else:
+            _print_human(args.command, out)
+        sys.stdout.flush()  # here, where a closed pipe can still be answered quietly
+    except BrokenPipeError:
+        # The reader (head, a pager) has gone: stop quietly, as command-line tools do. What
+        # is still buffered must not be flushed again at exit, which would complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_PIPE
     return 0 if args.command != "rate" or out["accepted"] else 1
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -38,7 +39,7 @@ from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.logs import configure_logging, redact_url
 from server.metrics import Metrics, ServerState
-from server.model_holder import ModelHolder
+from server.model_holder import WAIT_WARNING_S, ModelHolder
 from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
 from server.recommender import Recommender
 from server.service import RecommenderService, add_to_server
@@ -104,7 +105,9 @@ class ServerConfig:
         "redis",
         "--cache",
         "RBMREC_CACHE",
-        "where hidden states and streamed ratings live",
+        "where hidden states and streamed ratings live; memory keeps hidden states in this "
+        "process and turns rating updates off (UpdateRatings answers UNAVAILABLE), even when "
+        "a Redis answers",
         choices=("redis", "memory"),
     )
     redis_url: str = _option("redis://127.0.0.1:6379/0", "--redis-url", "REDIS_URL", "Redis URL")
@@ -132,6 +135,13 @@ class ServerConfig:
     )
     poll_interval_s: float = _option(
         1.0, "--poll-interval", "RBMREC_POLL_INTERVAL", "seconds between checks of the alias"
+    )
+    warn_interval_s: float = _option(
+        WAIT_WARNING_S,
+        "--warn-interval",
+        "RBMREC_WARN_INTERVAL",
+        "while there is no version to serve, seconds between the warnings that say what the "
+        "server waits for and where it looked",
     )
     backend: str = _option(
         "torch",
@@ -212,6 +222,8 @@ class ServerConfig:
             raise ValueError(f"cache capacity must be >= 1, got {self.cache_capacity}")
         if not math.isfinite(self.poll_interval_s) or self.poll_interval_s <= 0:
             raise ValueError(f"poll interval must be a number > 0, got {self.poll_interval_s}")
+        if not math.isfinite(self.warn_interval_s) or self.warn_interval_s <= 0:
+            raise ValueError(f"warn interval must be a number > 0, got {self.warn_interval_s}")
         if self.torch_threads < 1:
             raise ValueError(f"torch threads must be >= 1, got {self.torch_threads}")
         _check_names(self.model, self.alias)
@@ -286,9 +298,13 @@ def _check_redis_url(url: str) -> None:
         raise ValueError(f"--redis-url {redact_url(url)} is not a Redis URL: {exc}") from None
 
 
+NO_UPDATES = "rating updates off: UpdateRatings answers UNAVAILABLE"
+
+
 async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
     if config.cache == "memory":
-        return MemoryHiddenCache(config.cache_capacity), NoRatingLog(), "memory (--cache memory)"
+        where = f"memory (--cache memory; {NO_UPDATES}, even if a Redis answers)"
+        return MemoryHiddenCache(config.cache_capacity), NoRatingLog(), where
     client = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         await client.ping()
@@ -338,13 +354,21 @@ class _App:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def follow_alias(self, interval_s: float) -> None:
-        """Reload when the registry alias moves (cancel the task to stop)."""
+    async def follow_alias(
+        self, interval_s: float, on_first: Callable[[], None] = lambda: None
+    ) -> None:
+        """Reload when the registry alias moves (cancel the task to stop).
+
+        ``on_first`` is called once a server that started with no version loads its first.
+        """
         while True:
             await asyncio.sleep(interval_s)
             try:
+                had_one = self.holder.engine is not None
                 if await self.holder.refresh():
                     settle_heap()
+                    if not had_one:
+                        on_first()
                 await self.set_health()
             except Exception:  # a surprise must not end following the alias for good
                 log.exception("following the alias failed; trying again")
@@ -366,7 +390,12 @@ def settle_heap() -> None:
 async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
     registry = FileRegistry(resolve_root(config.registry))
     holder = ModelHolder(
-        registry, config.model, config.alias, config.torch_device(), config.backend
+        registry,
+        config.model,
+        config.alias,
+        config.torch_device(),
+        config.backend,
+        warn_every_s=config.warn_interval_s,
     )
     await holder.refresh()
     cache, rating_log, where = await _storage(config)
@@ -394,13 +423,47 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
 _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Raise RuntimeError, with the reason, if no address of ``host`` can take ``port``.
+
+    gRPC's core logs its own line when a bind fails and then raises a message without the
+    reason; trying the bind here first (as gRPC binds: SO_REUSEADDR, no SO_REUSEPORT) keeps
+    the report to our one line, which says why.
+    """
+    if port == 0:
+        return  # the kernel picks a free one
+    shown = _host_port(host, port)
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise RuntimeError(f"cannot bind {shown}: {exc}") from None
+    failures = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+                return  # gRPC serves if it can bind any one of them
+        except OSError as exc:
+            failures.append(exc)
+    if failures:
+        reason = failures[0].strerror or str(failures[0])
+        raise RuntimeError(f"cannot bind {shown}: {reason.lower()}")
+
+
 def _bind(server: grpc.aio.Server, config: ServerConfig, security: Security) -> int:
     address = f"{config.host}:{config.port}"
     if security.token and security.credentials is None and config.host not in _LOOPBACK:
         log.warning("the bearer token travels in clear text: give --tls-cert and --tls-key")
-    if security.credentials is None:
-        return server.add_insecure_port(address)
-    return server.add_secure_port(address, security.credentials)
+    _check_bindable(config.host, config.port)  # again, now: the port may have gone meanwhile
+    try:
+        if security.credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, security.credentials)
+    except RuntimeError as exc:  # taken between the check and here, or refused by gRPC alone
+        raise RuntimeError(f"cannot bind {_host_port(config.host, config.port)}: {exc}") from None
 
 
 def _host_port(host: str, port: int) -> str:
@@ -435,6 +498,23 @@ def write_address_file(path: Path, content: Mapping[str, object]) -> None:
         raise RuntimeError(f"cannot write the address file {path}: {exc}") from None
 
 
+def _print_serving(app: _App, config: ServerConfig, address: str) -> None:
+    """The start-up line: what is served on ``address``, or what the server waits for.
+
+    It ends in ``on HOST:PORT`` either way; it starts with ``serving`` only once a version is
+    loaded (a server that started with none prints it again when its first version loads).
+    """
+    updates = ", rating updates off (--cache memory)," if config.cache == "memory" else ""
+    engine = app.holder.engine
+    if engine is None:
+        what = f"not serving yet: waiting for {app.holder.waiting_for} (see the warnings)"
+        line = f"{what}{updates.rstrip(',')}; listening on {address}"
+    else:
+        what = f"serving {config.model}@{config.alias} version {engine.version}"
+        line = f"{what}{updates} on {address}"
+    print(line, flush=True)
+
+
 async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -447,6 +527,7 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     """Serve until SIGTERM/SIGINT, finish in-flight work, stop; return the HOST:PORT it bound."""
     if security is None:
         security = Security.load(config)
+    _check_bindable(config.host, config.port)  # before loading a model: fail fast
     torch.set_num_threads(config.torch_threads)
     interceptors = [TokenAuth(security.token)] if security.token else None
     # No SO_REUSEPORT: a second server on a taken port must fail, not split the traffic.
@@ -458,12 +539,14 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     await server.start()
     app.recommender.batcher.start()
     await app.set_health()
-    watcher = asyncio.create_task(app.follow_alias(config.poll_interval_s), name="alias-watcher")
+    watcher = asyncio.create_task(
+        app.follow_alias(config.poll_interval_s, lambda: _print_serving(app, config, address)),
+        name="alias-watcher",
+    )
     shown = {**dataclasses.asdict(config), "redis_url": redact_url(config.redis_url)}
     log.info("config: %s", shown)
     log.info("security: %s", security.describe(config))
-    version = app.holder.engine.version if app.holder.engine else "none yet"
-    print(f"serving {config.model}@{config.alias} version {version} on {address}", flush=True)
+    _print_serving(app, config, address)
     address_file = Path(config.address_file) if config.address_file else None
     try:
         if address_file:  # after the line above: who sees the file also finds the line

@@ -1,9 +1,7 @@
 """rbm-serve on bad flags and settings: exit non-zero with one line on stderr, no traceback.
 
 Settings ServerConfig checks are run in-process with ``serve`` replaced (it must not be
-reached); what only fails while starting runs the real console script. Cases marked xfail
-are bugs of server/main.py, which this work may not change: each reason says what happens.
-They are strict, so the day main.py is fixed they pass and the mark has to go.
+reached); what only fails while starting runs the real console script.
 """
 
 from __future__ import annotations
@@ -175,12 +173,11 @@ def test_a_taken_port_exits_1_without_a_traceback(port_taken: Outcome) -> None:
     assert last.startswith(f"{PROG}: error: ") and "bind" in last, port_taken.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc core logs its own 'E... add_port.cc] Failed to add port' line before ours",
-)
 def test_a_taken_port_is_reported_in_one_line(port_taken: Outcome) -> None:
-    assert_one_line_error(port_taken.err, PROG, "bind")
+    # Ours only (gRPC's core used to log its own "add_port.cc] Failed to add port" first),
+    # naming the address and why.
+    line = assert_one_line_error(port_taken.err, PROG, "bind", "address already in use")
+    assert "127.0.0.1:" in line, line
 
 
 def test_a_port_another_server_holds_is_refused(offline: list[str]) -> None:
