@@ -4,11 +4,7 @@ with its whole output kept, so that tests can look for secrets in it."""
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +17,6 @@ import trustme
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.harness.cli import BIN, REDIS_URL
 
 
 @dataclass(frozen=True)
@@ -92,65 +87,6 @@ def own_redis(tmp_path: Path, client: redis.Redis, *args: str) -> Iterator[redis
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@dataclass
-class Served:
-    """An rbm-serve process; ``output`` holds its stdout and stderr once it has stopped."""
-
-    process: subprocess.Popen[bytes]
-    target: str
-    stdout: str = ""  # what it printed up to the serving line
-    output: str = ""
-
-
-@contextlib.contextmanager
-def serve_capturing(registry: Path, *extra: str) -> Iterator[Served]:
-    """Like tests.harness.server.start_server, but keeps every byte the server writes.
-
-    start_server reads stdout only up to the serving line and drops it; a test looking for
-    leaked secrets needs all of stdout and stderr, and the DEBUG log level.
-    """
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "out", "wb") as out:
-        out_path = Path(out.name)
-        args = ["--port", "0", "--registry", str(registry), "--redis-url", REDIS_URL]
-        args += ["--poll-interval", "0.2", "--log-level", "DEBUG", *extra]
-        proc = subprocess.Popen(
-            [str(BIN / "rbm-serve"), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
-        served = Served(proc, "")
-        try:
-            served.target, served.stdout = _wait_serving(proc, out_path)
-            yield served
-        finally:
-            _stop(proc)
-            served.output = out_path.read_text(errors="replace")
-
-
-def _wait_serving(proc: subprocess.Popen[bytes], out_path: Path) -> tuple[str, str]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        text = out_path.read_text(errors="replace")
-        match = re.search(r"^serving .* on (\S+:\d+)$", text, re.MULTILINE)
-        if match:
-            return match.group(1), text
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError(f"rbm-serve did not start:\n{out_path.read_text(errors='replace')}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def rate_once(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> pb.RatingAck:
