@@ -100,7 +100,13 @@ class Checkpoint:
         """The serving pass, with the ranking score this model was trained to use."""
         levels = torch.tensor(self.levels, dtype=torch.float32)
         scorer = Scorer(
-            self.params, levels, self.ranking, self.popularity, self.implicit, self.item
+            self.params,
+            levels,
+            self.ranking,
+            self.popularity,
+            self.implicit,
+            self.item,
+            self.blend_ranking,
         )
         return scorer.eval().to(device)
 
