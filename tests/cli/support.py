@@ -1,8 +1,43 @@
-"""What every CLI error must look like: one line on stderr, never a traceback."""
+"""What every CLI error must look like, and rbm-registry run in-process against a test root."""
 
 from __future__ import annotations
 
-__all__ = ["assert_one_line_error", "assert_usage_error"]
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from registry.cli import ModelHooks, run
+
+__all__ = ["Cli", "Ran", "assert_one_line_error", "assert_usage_error", "registry_cli"]
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One command's exit code and output."""
+
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Ran]
+
+
+def registry_cli(
+    root: Path, hooks: ModelHooks, capsys: pytest.CaptureFixture[str], out: Path | None = None
+) -> Cli:
+    """Run rbm-registry in-process against ``root``; ``{out}`` in an argument becomes ``out``."""
+
+    def invoke(*argv: str) -> Ran:
+        capsys.readouterr()
+        args = [a.format(out=out) if out is not None else a for a in argv]
+        code = run(["--registry", str(root), *args], hooks)
+        stdout, stderr = capsys.readouterr()
+        return Ran(code, stdout, stderr)
+
+    return invoke
 
 
 def assert_one_line_error(stderr: str, prog: str, *says: str) -> str:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from registry import FileRegistry, VersionMeta
 from registry.cli import ModelHooks, run
-from tests.cli.support import assert_one_line_error
+from tests.cli.support import Cli, assert_one_line_error, registry_cli
 from tests.harness.cli import TrainedModel, run_cli
 
 PROG = "rbm-registry"
@@ -49,16 +47,6 @@ def _export(version_dir: Path, output: Path) -> None:
 HOOKS = ModelHooks(smoke_test=lambda version_dir: None, export_onnx=_export)
 
 
-@dataclass(frozen=True)
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Ran]
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """Three versions with rbm-train's metrics; 3 is production, staging and canary."""
@@ -77,13 +65,8 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(root: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    def invoke(*argv: str) -> Ran:
-        capsys.readouterr()
-        code = run(["--registry", str(root), *argv], HOOKS)
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return invoke
+    """Run rbm-registry in-process against ``root``."""
+    return registry_cli(root, HOOKS, capsys)
 
 
 def _assert_fits(text: str) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from registry import FileRegistry, VersionMeta
-from registry.cli import EXIT_CODES, ModelHooks, run
-from tests.cli.support import assert_one_line_error, assert_usage_error
+from registry.cli import EXIT_CODES, ModelHooks
+from tests.cli.support import Cli, assert_one_line_error, assert_usage_error, registry_cli
 from tests.harness.cli import run_cli
 
 PROG = "rbm-registry"
@@ -58,30 +58,10 @@ def root(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "registry"))
 
 
-@dataclass(frozen=True)
-class Ran:
-    """One command's exit code and output."""
-
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Ran]
-
-
 @pytest.fixture
 def cli(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run rbm-registry in-process against ``root``; ``{out}`` in an argument is a free path."""
-
-    def invoke(*argv: str) -> Ran:
-        capsys.readouterr()
-        args = [a.format(out=tmp_path / "out.onnx") for a in argv]
-        code = run(["--registry", str(root), *args], HOOKS)
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return invoke
+    return registry_cli(root, HOOKS, capsys, tmp_path / "out.onnx")
 
 
 # -- bad command lines, names, versions and paths -------------------------------------------
