@@ -19,7 +19,16 @@ from rbm.checkpoint import Checkpoint
 from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, ONNX_FILE
 from rbm.scoring import Scorer
 
-__all__ = ["BACKENDS", "OnnxPass", "ScorePass", "ScoredBatch", "TorchPass", "make_score_pass"]
+__all__ = [
+    "BACKENDS",
+    "OnnxPass",
+    "ScorePass",
+    "ScoredBatch",
+    "TorchPass",
+    "make_score_pass",
+    "onnx_providers",
+    "torch_side",
+]
 
 BACKENDS = ("torch", "onnx")
 
@@ -39,6 +48,11 @@ class ScoredBatch(Protocol):
 
 class ScorePass(Protocol):
     """One version's scoring pass."""
+
+    @property
+    def where(self) -> str:
+        """Where the pass really runs, e.g. "cuda:0" or "cpu (onnxruntime ...)"."""
+        ...
 
     def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
         """Score every movie for a batch of users."""
@@ -77,6 +91,7 @@ class TorchPass:
 
     def __init__(self, ckpt: Checkpoint, device: torch.device) -> None:
         self.scorer = ckpt.scorer(device)
+        self.where = str(device)
 
     def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
         """Scores of every movie, and the logits that ratings are computed from."""
@@ -85,33 +100,54 @@ class TorchPass:
         return _LogitsScored(self.scorer, scores, logits, item_rows)
 
 
+def onnx_providers(device: torch.device) -> list[str]:
+    """ONNX Runtime providers for ``device``; ValueError when this install has none for it."""
+    import onnxruntime as ort  # only the onnx backend needs it
+
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ValueError(
+        f"--backend onnx cannot run on {device.type}: this onnxruntime has only "
+        f"{', '.join(ort.get_available_providers())} (install onnxruntime-gpu, or serve "
+        "--backend torch)"
+    )
+
+
 class OnnxPass:
-    """The registry's ONNX export of the same ``Scorer`` on ONNX Runtime."""
+    """The registry's ONNX export of the same ``Scorer`` on ONNX Runtime.
+
+    Its inputs and outputs are host tensors (the engine around it runs on the CPU): on
+    CUDA, ONNX Runtime's provider copies them itself.
+    """
 
     def __init__(self, version_dir: Path, device: torch.device) -> None:
-        import onnxruntime as ort  # only the onnx backend needs it
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # like torch: the event loop needs the other core
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(
-            str(version_dir / ONNX_FILE), options, providers=providers
+            str(version_dir / ONNX_FILE), options, providers=onnx_providers(device)
         )
         self.declared = {i.name for i in self.session.get_inputs()}  # the export drops unused
-        self.device = device
+        provider = self.session.get_providers()[0]
+        self.where = f"{'cuda' if provider.startswith('CUDA') else 'cpu'} (onnxruntime {provider})"
 
     def score(self, hidden_pre: Tensor, item_rows: Tensor) -> ScoredBatch:
         """Scores and predicted ratings of every movie, from the exported graph."""
-        feed = {INPUT_NAME: hidden_pre.detach().to("cpu", torch.float32).numpy()}
+        feed = {INPUT_NAME: hidden_pre.detach().to(torch.float32).numpy()}
         if ITEM_ROWS_NAME in self.declared:
-            feed[ITEM_ROWS_NAME] = item_rows.detach().to("cpu", torch.int64).numpy()
+            feed[ITEM_ROWS_NAME] = item_rows.detach().numpy()
         scores, predicted = self.session.run(None, feed)
         return _DenseScored(
-            torch.from_numpy(np.asarray(scores)).to(self.device),
-            torch.from_numpy(np.asarray(predicted)).to(self.device),
+            torch.from_numpy(np.asarray(scores)), torch.from_numpy(np.asarray(predicted))
         )
+
+
+def torch_side(backend: str, device: torch.device) -> torch.device:
+    """Where the engine's own tensors live: the device, except around ONNX (the host)."""
+    return torch.device("cpu") if backend == "onnx" else device
 
 
 def make_score_pass(

@@ -18,9 +18,19 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from server.backends import ScoredBatch, ScorePass, make_score_pass
+from rbm.model import RatingsBatch
+from server.backends import ScoredBatch, ScorePass, make_score_pass, torch_side
+from server.device_link import DeviceLink
 
-__all__ = ["Engine", "PredictQuery", "Query", "Recommendation", "TopNQuery", "UserRatings"]
+__all__ = [
+    "BatchResult",
+    "Engine",
+    "PredictQuery",
+    "Query",
+    "Recommendation",
+    "TopNQuery",
+    "UserRatings",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Engine:
         self.backend = backend
         self.config = ckpt.config
         self.scoring = scoring
+        self.link = DeviceLink(device)  # every copy between host and device goes through it
         self.encoder = ckpt.encoder(device)
         self.hidden_width = self.encoder.width
         self.movie_index = ckpt.movie_index
@@ -112,10 +123,15 @@ class Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
         ckpt = load_checkpoint(directory)
         scoring = make_score_pass(backend, ckpt, directory, device)
-        engine = cls(ckpt, version, device, scoring, backend, identity)
+        engine = cls(ckpt, version, torch_side(backend, device), scoring, backend, identity)
         nobody = UserRatings(_EMPTY, _EMPTY)
-        engine.run([-1], [engine.hidden_pre(nobody)], [nobody], [TopNQuery(1)])
+        engine.run([-1], [nobody], [TopNQuery(1)])
         return engine
+
+    @property
+    def where(self) -> str:
+        """Where the scoring pass really runs, for GetModelInfo and logs."""
+        return self.scoring.where
 
     @property
     def n_movies(self) -> int:
@@ -142,83 +158,228 @@ class Engine:
             torch.tensor(list(merged.values()), dtype=torch.int64),
         )
 
+    @torch.inference_mode()
     def hidden_pre(self, ratings: UserRatings) -> Tensor:
-        """The user's hidden pre-activation: (hidden_width,) on the device."""
-        return self.encoder.encode_one(ratings.movies, ratings.levels)
+        """The user's hidden pre-activation, as the cache holds it: (hidden_width,) on the host."""
+        movies, levels = self.link.send([ratings.movies, ratings.levels])
+        state = self.encoder.encode_one(movies, levels)
+        (host,) = self.link.receive([state])
+        return host
 
-    def unit_row(self, movie: int, level: int) -> Tensor:
-        """What a rating of ``movie`` at ``level`` adds to the pre-activation: (hidden_width,)."""
-        return self.encoder.unit_row(movie, level)
+    @torch.inference_mode()
+    def moved_state(self, state: Tensor, movie: int, level: int, old_level: int | None) -> Tensor:
+        """A cached (host) state after the user rated ``movie`` at ``level``, in O(F).
+
+        ``old_level`` is the user's previous rating of the movie, if any: its row goes out.
+        """
+        (on_device,) = self.link.send([state])
+        moved = on_device + self.encoder.unit_row(movie, level)
+        if old_level is not None:
+            moved = moved - self.encoder.unit_row(movie, old_level)
+        (host,) = self.link.receive([moved])
+        return host
 
     @torch.inference_mode()
     def run(
         self,
         user_ids: Sequence[int],
-        hidden_pre: Sequence[Tensor],
         rated: Sequence[UserRatings],
         queries: Sequence[Query],
-    ) -> list[Recommendation | list[float]]:
+        cached: Sequence[Tensor | None] | None = None,
+    ) -> BatchResult:
         """One scoring pass for a batch of users, then each row's top-n or predictions.
 
-        Users with no ratings at all get popularity order (their RBM scores carry no
-        information about them).
+        ``cached`` holds the rows' hidden states from the cache (host tensors; None for a
+        miss): the misses are computed here, in the pass, and come back in the result for
+        the cache. Users with no ratings at all get popularity order (their RBM scores carry
+        no information about them).
         """
-        h = torch.stack(list(hidden_pre)).to(self.device)  # (B, F)
-        item_rows = torch.tensor([self.user_row.get(u, -1) for u in user_ids], device=self.device)
-        scored = self.scoring.score(h, item_rows)
-        top_rows = [b for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
-        out: dict[int, Recommendation | list[float]] = {}
-        if top_rows:
-            out |= self._top_n(scored, rated, queries, top_rows)
-        predict_rows = [b for b, q in enumerate(queries) if isinstance(q, PredictQuery)]
-        if predict_rows:
-            out |= self._predict(scored, queries, predict_rows)
-        return [out[b] for b in range(len(queries))]
+        plan = _Plan.of(self, user_ids, rated, queries, cached or [None] * len(queries))
+        inputs = plan.on_device(self.link)
+        h = self._hidden(plan, inputs, cached)
+        scored = self.scoring.score(h, inputs.item_rows)
+        results: list[Tensor] = []
+        if plan.top_rows:
+            top_s, top_i, top_e = self._top_n(plan, inputs, scored)
+            results += [top_s, top_i.to(torch.int32), top_e]
+        if plan.predict_rows:
+            results.append(scored.predicted_at(inputs.predict_rows, inputs.predict_movies))
+        if plan.misses:
+            results.append(h if len(plan.misses) == len(queries) else h[inputs.misses])
+        return plan.unpack(self.link.receive(results))
 
-    def _predict(
-        self, scored: ScoredBatch, queries: Sequence[Query], rows: list[int]
-    ) -> dict[int, Recommendation | list[float]]:
-        # All PredictRatings rows in one call, padded to the longest: one copy back.
-        wanted = [q.movies for q in queries if isinstance(q, PredictQuery)]
-        width = max(1, max(len(m) for m in wanted))
-        padded = torch.zeros(len(rows), width, dtype=torch.int64)
-        for r, movies in enumerate(wanted):
-            padded[r, : len(movies)] = torch.tensor(movies, dtype=torch.int64)
-        sel = torch.tensor(rows, device=self.device)
-        values = scored.predicted_at(sel, padded.to(self.device)).tolist()
-        return {b: values[r][: len(m)] for r, (b, m) in enumerate(zip(rows, wanted, strict=True))}
+    def _hidden(
+        self, plan: _Plan, inputs: _DeviceInputs, cached: Sequence[Tensor | None] | None
+    ) -> Tensor:
+        """The batch's hidden pre-activations on the device: cache hits, then the misses."""
+        fresh = self.encoder.encode(inputs.miss_ratings) if plan.misses else None
+        rows = [v for b in plan.hits if cached and (v := cached[b]) is not None]
+        hits = self.link.stack(rows) if rows else None
+        if hits is None:
+            assert fresh is not None
+            return fresh
+        if fresh is None:
+            return hits  # every row a hit, in batch order
+        h = torch.empty(len(plan.queries), self.hidden_width, device=self.device)
+        h[inputs.hits] = hits
+        h[inputs.misses] = fresh
+        return h
 
     def _top_n(
-        self,
-        scored: ScoredBatch,
+        self, plan: _Plan, inputs: _DeviceInputs, scored: ScoredBatch
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Scores, movie indices and predicted ratings of the top-n rows: each (R, k)."""
+        all_rows = len(plan.top_rows) == len(plan.queries)
+        scores = scored.scores if all_rows else scored.scores[inputs.top_rows]  # (R, M)
+        if plan.any_cold:
+            cold = inputs.cold.bool().unsqueeze(1)
+            scores = torch.where(cold, self.popularity.expand_as(scores), scores)
+        if plan.any_masked:
+            never = torch.full((), -torch.inf, device=self.device)
+            scores = scores.index_put((inputs.mask_rows, inputs.mask_movies), never)
+        top_s, top_i = torch.topk(scores, plan.k, dim=1)
+        return top_s, top_i, scored.predicted_at(inputs.top_rows, top_i)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A pass's answers in batch order, and the hidden states it computed (host tensors)."""
+
+    outputs: list[Recommendation | list[float]]
+    computed: dict[int, Tensor]  # batch row -> the hidden state of a cache miss
+
+
+@dataclass(frozen=True)
+class _DeviceInputs:
+    """Every integer input of a pass, on the device (from one copy)."""
+
+    item_rows: Tensor  # (B,) each user's item-RBM row, -1 for none
+    hits: Tensor  # batch rows whose hidden state came from the cache
+    misses: Tensor  # batch rows whose hidden state is computed in the pass
+    miss_ratings: RatingsBatch  # the misses' ratings, rows indexing ``misses``
+    top_rows: Tensor  # batch rows of the top-n queries
+    cold: Tensor  # per top-n row: 1 for a user without ratings
+    mask_rows: Tensor  # (top-n row, movie) pairs never recommended: rated movies
+    mask_movies: Tensor
+    predict_rows: Tensor  # batch rows of the PredictRatings queries
+    predict_movies: Tensor  # (P, W) their movies, padded with movie 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A batch laid out on the host: which rows do what, and every index the pass needs."""
+
+    queries: Sequence[Query]
+    hits: list[int]
+    misses: list[int]
+    top_rows: list[int]
+    predict_rows: list[int]
+    k: int  # how many movies the top-n rows take from the pass
+    any_cold: bool
+    any_masked: bool
+    host: list[Tensor]  # the int64 inputs, in _DeviceInputs's order
+
+    @classmethod
+    def of(
+        cls,
+        engine: Engine,
+        user_ids: Sequence[int],
         rated: Sequence[UserRatings],
         queries: Sequence[Query],
-        rows: list[int],
-    ) -> dict[int, Recommendation | list[float]]:
-        sel = torch.tensor(rows, device=self.device)
-        scores = scored.scores if len(rows) == len(queries) else scored.scores[sel]  # (R, M)
-        tops = [q for q in queries if isinstance(q, TopNQuery)]
-        user_rated = [rated[b] for b in rows]
-        if not all(user_rated):
-            cold_rows = torch.tensor([not r for r in user_rated], device=self.device)
-            scores = torch.where(cold_rows.unsqueeze(1), self.popularity.expand_as(scores), scores)
-        masked = [r for r, q in enumerate(tops) if not q.include_rated and user_rated[r]]
-        if masked:
-            lengths = torch.tensor([len(user_rated[r]) for r in masked])
-            mask_rows = torch.repeat_interleave(torch.tensor(masked), lengths)
-            mask_cols = torch.cat([user_rated[r].movies for r in masked])
-            scores = scores.index_put(
-                (mask_rows.to(self.device), mask_cols.to(self.device)),
-                torch.tensor(-torch.inf, device=self.device),
-            )
-        k = min(max(q.n for q in tops), self.n_movies)
-        top_s, top_i = torch.topk(scores, k, dim=1)  # (R, k)
-        top_e = scored.predicted_at(sel, top_i)
-        s_list, i_list, e_list = top_s.tolist(), top_i.tolist(), top_e.tolist()  # one copy each
+        cached: Sequence[Tensor | None],
+    ) -> _Plan:
+        """Lay out a batch for ``engine``."""
+        hits = [b for b, value in enumerate(cached) if value is not None]
+        misses = [b for b, value in enumerate(cached) if value is None]
+        tops = [(b, q) for b, q in enumerate(queries) if isinstance(q, TopNQuery)]
+        top_rows = [b for b, _ in tops]
+        predict = [(b, q.movies) for b, q in enumerate(queries) if isinstance(q, PredictQuery)]
+        cold = [not rated[b] for b in top_rows]
+        masked = [r for r, (b, q) in enumerate(tops) if not q.include_rated and rated[b]]
+        miss_rows = _owners([len(rated[b]) for b in misses])
+        width = max((len(m) for _, m in predict), default=0)
+        padded = torch.zeros(len(predict), max(width, 1), dtype=torch.int64)
+        for r, (_, movies) in enumerate(predict):
+            padded[r, : len(movies)] = torch.tensor(movies, dtype=torch.int64)
+        host = [
+            torch.tensor([engine.user_row.get(u, -1) for u in user_ids], dtype=torch.int64),
+            _ints(hits),
+            _ints(misses),
+            miss_rows,
+            _cat([rated[b].movies for b in misses]),
+            _cat([rated[b].levels for b in misses]),
+            _ints(top_rows),
+            _ints([int(c) for c in cold]),
+            _ints(masked).repeat_interleave(_ints([len(rated[top_rows[r]]) for r in masked])),
+            _cat([rated[top_rows[r]].movies for r in masked]),
+            _ints([b for b, _ in predict]),
+            padded,
+        ]
+        return cls(
+            queries=queries,
+            hits=hits,
+            misses=misses,
+            top_rows=top_rows,
+            predict_rows=[b for b, _ in predict],
+            k=min(max((q.n for _, q in tops), default=1), engine.n_movies),
+            any_cold=any(cold),
+            any_masked=bool(masked),
+            host=host,
+        )
+
+    def on_device(self, link: DeviceLink) -> _DeviceInputs:
+        """The inputs on the link's device, in one copy."""
+        (item_rows, hits, misses, miss_rows, movies, levels, top_rows, cold, mask_rows,
+         mask_movies, predict_rows, predict_movies) = link.send(self.host)  # fmt: skip
+        return _DeviceInputs(
+            item_rows=item_rows,
+            hits=hits,
+            misses=misses,
+            miss_ratings=RatingsBatch(miss_rows, movies, levels, len(self.misses)),
+            top_rows=top_rows,
+            cold=cold,
+            mask_rows=mask_rows,
+            mask_movies=mask_movies,
+            predict_rows=predict_rows,
+            predict_movies=predict_movies,
+        )
+
+    def unpack(self, host: list[Tensor]) -> BatchResult:
+        """The pass's results (host tensors, in ``Engine.run``'s order) per batch row."""
         out: dict[int, Recommendation | list[float]] = {}
-        for r, (b, q) in enumerate(zip(rows, tops, strict=True)):
-            n = min(q.n, k)  # a catalogue smaller than n gives what it has
-            while n and s_list[r][n - 1] == -math.inf:  # fewer unrated movies than n
-                n -= 1
-            out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n])
-        return out
+        parts = iter(host)
+        if self.top_rows:
+            s_list, i_list, e_list = (next(parts).tolist() for _ in range(3))
+            for r, b in enumerate(self.top_rows):
+                query = self.queries[b]
+                assert isinstance(query, TopNQuery)
+                n = min(query.n, self.k)  # a catalogue smaller than n gives what it has
+                while n and s_list[r][n - 1] == -math.inf:  # fewer unrated movies than n
+                    n -= 1
+                out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n])
+        if self.predict_rows:
+            values = next(parts).tolist()
+            for r, b in enumerate(self.predict_rows):
+                query = self.queries[b]
+                assert isinstance(query, PredictQuery)
+                out[b] = values[r][: len(query.movies)]
+        # Each state is cloned out of the batch's buffer: a view would keep the whole buffer
+        # alive for as long as the in-process cache keeps the state.
+        states = next(parts) if self.misses else None
+        computed = (
+            {b: states[r].clone() for r, b in enumerate(self.misses)} if states is not None else {}
+        )
+        return BatchResult([out[b] for b in range(len(self.queries))], computed)
+
+
+def _ints(values: Sequence[int]) -> Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _cat(parts: Sequence[Tensor]) -> Tensor:
+    return torch.cat(list(parts)) if parts else _EMPTY
+
+
+def _owners(lengths: Sequence[int]) -> Tensor:
+    """Entry -> row index for rows of these lengths: [2, 1] -> [0, 0, 1]."""
+    return torch.repeat_interleave(_ints(list(range(len(lengths)))), _ints(lengths))

@@ -80,8 +80,16 @@ class HiddenCache(Protocol):
         ...
 
 
+def _host(t: Tensor) -> Tensor:
+    # States cross from the device in the engine's one copy per batch (DeviceLink); one
+    # arriving here on a device would be a hidden, blocking copy on the event loop.
+    if t.device.type != "cpu":
+        raise ValueError(f"hidden states are cached from the host, got one on {t.device}")
+    return t.detach()
+
+
 def _encode(t: Tensor) -> bytes:
-    return t.detach().to("cpu", torch.float32).numpy().tobytes()
+    return _host(t).to(torch.float32).numpy().tobytes()
 
 
 def _decode(data: bytes | str) -> Tensor | None:
@@ -124,7 +132,7 @@ class MemoryHiddenCache:
     async def set_many(self, items: Sequence[tuple[CacheKey, Tensor]]) -> None:
         """Store values, evicting the least recently used beyond capacity."""
         for key, value in items:
-            self._data[key] = value.detach().to("cpu")
+            self._data[key] = _host(value)
             self._data.move_to_end(key)
         while len(self._data) > self.capacity:
             self._data.popitem(last=False)

@@ -33,7 +33,7 @@ from registry.errors import RegistryError
 from registry.names import check_alias, check_model_name
 from registry.store import DEFAULT_ROOT, ENV_VAR, FileRegistry, resolve_root
 from server.auth import TokenAuth, load_token
-from server.backends import BACKENDS
+from server.backends import BACKENDS, onnx_providers
 from server.batcher import BatcherConfig
 from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
@@ -216,6 +216,8 @@ class ServerConfig:
         _check_choices(self)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        if self.backend == "onnx" and self.device == "cuda":
+            onnx_providers(torch.device("cuda"))  # refused here, at start, in one line
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics port must be in 0..65535, got {self.metrics_port}")
         if self.cache_capacity < 1:
@@ -236,9 +238,16 @@ class ServerConfig:
 
     def torch_device(self) -> torch.device:
         """The device to serve on."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        if self.device != "auto":
+            return torch.device(self.device)
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if self.backend == "onnx":  # "auto" takes the GPU only where ONNX Runtime can use it
+            try:
+                onnx_providers(torch.device("cuda"))
+            except ValueError:
+                return torch.device("cpu")
+        return torch.device("cuda")
 
 
 def cli_options() -> Iterator[tuple[dataclasses.Field[Any], Flag]]:

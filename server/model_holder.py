@@ -121,7 +121,7 @@ class ModelHolder:
         self.status.refused_version = self.status.last_error = ""
         self._warned = None
         log.info(
-            "serving %s version %s (%s alias) on %s", self.model, target, self.alias, self.device
+            "serving %s version %s (%s alias) on %s", self.model, target, self.alias, engine.where
         )
         return True
 

@@ -6,10 +6,10 @@ import asyncio
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TypeVar
 
 from server.batcher import Batcher, BatcherConfig
 from server.engine import (
@@ -41,6 +41,7 @@ MAX_FUTURE_S = 86_400  # a timestamp more than a day ahead is a client bug, not 
 LOG_RETRY_S = 1.0  # how long batches skip the rating log after it failed to answer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,17 @@ class Recommender:
         overlay: UserOverlay,
         rating_log: RatingLog,
         batcher_config: BatcherConfig,
+        worker: Executor | None = None,
     ) -> None:
         self.holder = holder
         self.cache = cache
         self.overlay = overlay
         self.rating_log = rating_log
         self.batcher: Batcher[Job, Result] = Batcher(self._run_batch, batcher_config)
-        # One worker: model passes run one at a time anyway, and a dedicated executor skips
-        # the context copy of asyncio.to_thread on every batch.
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # One worker, the model thread: every tensor operation of a request runs on it, one
+        # pass at a time (the event loop never waits on the device), and a dedicated
+        # executor skips the context copy of asyncio.to_thread on every batch.
+        self._worker = worker or ThreadPoolExecutor(1, thread_name_prefix="model")
         self._log_down_until = 0.0
 
     async def close(self) -> None:
@@ -161,18 +164,21 @@ class Recommender:
         if not live:
             return results
         states = [self._state(engine, jobs[i].user_id) for i, _ in live]
-        hidden = await self._hidden(engine, states)
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._worker,
+        cached = await self.cache.get_many([s.key for s in states])
+        passed = await self._on_model_thread(
             engine.run,
             [jobs[i].user_id for i, _ in live],
-            hidden,
             [s.ratings for s in states],
             [q for _, q in live],
+            [v if v is not None and v.shape == (engine.hidden_width,) else None for v in cached],
         )
-        for (i, _), out in zip(live, outputs, strict=True):
+        await self.cache.set_many([(states[b].key, v) for b, v in passed.computed.items()])
+        for (i, _), out in zip(live, passed.outputs, strict=True):
             results[i] = self._response(engine, out)
         return results
+
+    async def _on_model_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     @staticmethod
     def _query(engine: Engine, job: Job) -> Query | ServiceError:
@@ -232,14 +238,12 @@ class Recommender:
         (cached,) = await self.cache.get_many([before])
         if cached is None or cached.shape != (engine.hidden_width,):
             return
-        new = cached.to(engine.device) + engine.unit_row(movie, level)
         old_level = (
             engine.level_of.get(entry.previous)
             if entry.previous is not None
             else engine.user_ratings(user, {}).level_of(movie)  # a rating from training
         )
-        if old_level is not None:
-            new = new - engine.unit_row(movie, old_level)
+        new = await self._on_model_thread(engine.moved_state, cached, movie, level, old_level)
         after = CacheKey(self.holder.model, engine.identity, user, entry.generation)
         await self.cache.set_many([(after, new)])
 
@@ -273,14 +277,3 @@ class Recommender:
         ratings = engine.user_ratings(user_id, streamed)
         key = CacheKey(self.holder.model, engine.identity, user_id, generation)
         return _UserState(ratings, key)
-
-    async def _hidden(self, engine: Engine, states: list[_UserState]) -> list[Tensor]:
-        cached = await self.cache.get_many([s.key for s in states])
-        out, fresh = [], []
-        for state, value in zip(states, cached, strict=True):
-            if value is None or value.shape != (engine.hidden_width,):
-                value = engine.hidden_pre(state.ratings)
-                fresh.append((state.key, value))
-            out.append(value)
-        await self.cache.set_many(fresh)
-        return out

@@ -239,7 +239,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 num_movies=engine.config.n_movies,
                 hidden_units=engine.config.n_hidden,
                 rating_levels=list(engine.ckpt.levels),
-                device=str(engine.device),
+                device=engine.where,
                 alias=self.alias,
                 backend=engine.backend,
                 refused_version=holder.status.refused_version,

@@ -41,12 +41,11 @@ def engine_for(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Engine:
 
 
 def _run(engine: Engine, users: Sequence[int], queries: Sequence[Query]) -> Iterator[object]:
-    """Engine.run over ``users`` in chunks, with the hidden states of a cache miss."""
+    """Engine.run over ``users`` in chunks, as cache misses (states computed in the pass)."""
     for start in range(0, len(users), CHUNK):
         chunk = list(users[start : start + CHUNK])
         rated = [engine.user_ratings(u, {}) for u in chunk]
-        hidden = [engine.hidden_pre(r) for r in rated]
-        yield from engine.run(chunk, hidden, rated, queries[start : start + CHUNK])
+        yield from engine.run(chunk, rated, queries[start : start + CHUNK]).outputs
 
 
 def served_top_n(engine: Engine, users: Sequence[int], n: int) -> list[ServedTop]:

@@ -12,8 +12,10 @@ import grpc
 import numpy as np
 import pytest
 import redis
+import torch
 
 from rbmrec.v1 import recommender_pb2 as pb
+from server.backends import onnx_providers
 from tests.harness.calls import Load, recommend, try_update, update
 from tests.harness.cli import TrainedModel
 from tests.harness.metrics import histogram, metric
@@ -72,6 +74,9 @@ def test_onnx_backend_gives_the_same_answers(trained: TrainedModel) -> None:
     ):
         info = onnx_server.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
         assert info.backend == "onnx"
+        # The device names where the pass really runs: this install's onnxruntime is the
+        # CPU build, whatever --device says.
+        assert info.device == "cpu (onnxruntime CPUExecutionProvider)"
         for user in (1, 2, 300, 10_000_000):
             _same(
                 recommend(onnx_server.stub, user, 50),
@@ -172,3 +177,12 @@ def test_metrics_count_requests_and_batches(trained: TrainedModel) -> None:
         assert computed == len(USERS), "every valid request is computed in exactly one pass"
         assert 1 <= passes <= len(USERS)
         assert metric(url, "rbmrec_model_version_info", version="1") == 1.0
+
+
+def test_onnx_on_cuda_is_refused_in_one_line_without_a_cuda_provider() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime can run on CUDA")
+    with pytest.raises(ValueError, match=r"^--backend onnx cannot run on cuda: .*onnxruntime-gpu"):
+        onnx_providers(torch.device("cuda"))

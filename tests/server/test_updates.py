@@ -15,7 +15,7 @@ from server.batcher import BatcherConfig
 from server.hidden_cache import MemoryHiddenCache
 from server.model_holder import ModelHolder
 from server.ratings import RatingRecord, UserOverlay
-from server.recommender import Recommender
+from server.recommender import Recommender, RecommendJob
 from tests.harness.cli import TrainedModel
 
 
@@ -48,11 +48,11 @@ def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
         await holder.refresh()
         cache, log, overlay = MemoryHiddenCache(), GatedLog(), UserOverlay()
         rec = Recommender(holder, cache, overlay, log, BatcherConfig())
+        rec.batcher.start()
         engine = holder.require()
         user = 1
         # Warm the cache so that updates take the O(F) path on a cached value.
-        state = rec._state(engine, user)
-        await rec._hidden(engine, [state])
+        await rec.recommend(RecommendJob(user, 5, False))
         first = asyncio.create_task(rec.update(RatingRecord(user, 1500, 5.0, 0)))
         second = asyncio.create_task(rec.update(RatingRecord(user, 1501, 2.0, 0)))
         await asyncio.sleep(0.01)
