@@ -302,6 +302,9 @@ def test_the_cuda_overlay_asks_for_a_gpu() -> None:
     server = container(one(objs, "Deployment", "rbmrec-server"))
     assert server["image"].endswith(":cuda")
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # An ml-25m model during a swap needs 5.3 GB of host memory (docs/scaling.md).
+    assert server["resources"]["requests"]["memory"] == "4Gi"
+    assert server["resources"]["limits"]["memory"] == "6Gi"
     cpu = container(one(kustomize(K8S), "Deployment", "rbmrec-server"))
     assert cpu["image"].endswith(":cpu")
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
