@@ -110,6 +110,26 @@ class Checkpoint:
         )
         return scorer.eval().to(device)
 
+    def movie_vectors(self) -> Tensor:
+        """Each movie as a unit vector for nearness by cosine: (M, D).
+
+        Each RBM of the version describes a movie its own way: the softmax RBM by its weight
+        rows of every rating level, the implicit RBM by its weight row (who rated it at
+        all), the item RBM by P(h | the movie's training ratings) (who rated it, and how).
+        Each view is centred on the catalogue's mean (what all movies share, being rated at
+        all, would make every movie near every other) and scaled to unit length; the views
+        are put side by side, so the cosine is the mean of the views' cosines. On
+        ml-100k the views together gave more plausible neighbours than any one alone.
+        """
+        k, m = self.config.n_levels, self.config.n_movies
+        views = [self.params.weights.view(k, m, -1).transpose(0, 1).reshape(m, -1)]
+        if self.implicit is not None:
+            views.append(self.implicit.weights)
+        if self.item is not None:
+            views.append(self.item.movie_hidden)
+        units = [_unit_rows(v - v.mean(0, keepdim=True)) for v in views]
+        return torch.cat(units, dim=1).div(len(units) ** 0.5)
+
     @cached_property
     def _bounds(self) -> list[int]:
         # A list: indexing it is ~10x cheaper than a tensor, and serving does it per request.
@@ -273,3 +293,7 @@ def smoke_test(directory: Path) -> None:
         raise CheckpointError("the model's ranking scores are not finite")
     if not bool(((predicted >= low - 1e-4) & (predicted <= high + 1e-4)).all()):
         raise CheckpointError(f"the model's predicted ratings leave the scale [{low}, {high}]")
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    return x.div(x.norm(dim=1, keepdim=True).clamp_min(1e-12))

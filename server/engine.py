@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ from server.backends import ScoredBatch, ScorePass, make_score_pass, torch_side
 from server.device_link import DeviceLink
 
 __all__ = [
+    "POPULARITY",
     "BatchResult",
     "Engine",
+    "Neighbours",
     "PredictQuery",
     "Query",
     "Recommendation",
@@ -54,10 +57,16 @@ _EMPTY = torch.empty(0, dtype=torch.int64)
 
 @dataclass(frozen=True)
 class TopNQuery:
-    """The best ``n`` movies, leaving out rated ones unless ``include_rated``."""
+    """The best ``n`` movies, leaving out rated ones unless ``include_rated``.
+
+    ``exclude`` movies are never returned; a non-empty ``candidates`` ranks only those
+    (both catalogue indices).
+    """
 
     n: int
     include_rated: bool = False
+    exclude: tuple[int, ...] = ()
+    candidates: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,13 +79,21 @@ class PredictQuery:
 Query = TopNQuery | PredictQuery
 
 
+POPULARITY = "popularity"  # the fallback of a user without ratings the model can use
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """Top movies for one user, best first, as catalogue indices."""
+    """Top movies for one user, best first, as catalogue indices.
+
+    ``fallback`` is empty for a personal answer, ``POPULARITY`` for a user the model knows
+    nothing about.
+    """
 
     movies: list[int]
     scores: list[float]
     predicted: list[float]
+    fallback: str = ""
 
 
 class Engine:
@@ -127,6 +144,23 @@ class Engine:
         nobody = UserRatings(_EMPTY, _EMPTY)
         engine.run([-1], [nobody], [TopNQuery(1)])
         return engine
+
+    @torch.inference_mode()
+    def similar(self, movie: int, n: int) -> Neighbours:
+        """The ``n`` movies nearest to ``movie`` (cosine of ``Checkpoint.movie_vectors``)."""
+        vectors = self._movie_vectors
+        near = vectors @ vectors[movie]  # (M,)
+        near[movie] = -torch.inf  # never the movie itself
+        k = min(n, self.n_movies - 1)
+        top_s, top_i = torch.topk(near, k)
+        scores, movies = self.link.receive([top_s, top_i.to(torch.int32)])
+        return Neighbours(movies.tolist(), scores.tolist())
+
+    @cached_property
+    def _movie_vectors(self) -> Tensor:
+        # Built at the first SimilarMovies call, not at load: most versions never get one.
+        (on_device,) = self.link.send([self.ckpt.movie_vectors()])
+        return on_device
 
     @property
     def where(self) -> str:
@@ -235,10 +269,22 @@ class Engine:
             cold = inputs.cold.bool().unsqueeze(1)
             scores = torch.where(cold, self.popularity.expand_as(scores), scores)
         if plan.any_masked:
-            never = torch.full((), -torch.inf, device=self.device)
-            scores = scores.index_put((inputs.mask_rows, inputs.mask_movies), never)
+            blocked = torch.zeros_like(scores, dtype=torch.bool)
+            if plan.any_candidates:  # a row with candidates allows those and no other
+                blocked[inputs.candidate_rows] = True
+                blocked[inputs.allow_rows, inputs.allow_movies] = False
+            blocked[inputs.mask_rows, inputs.mask_movies] = True  # rated, or excluded
+            scores = scores.masked_fill(blocked, -torch.inf)
         top_s, top_i = torch.topk(scores, plan.k, dim=1)
         return top_s, top_i, scored.predicted_at(inputs.top_rows, top_i)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Movies near one movie, nearest first, as catalogue indices with cosine similarities."""
+
+    movies: list[int]
+    scores: list[float]
 
 
 @dataclass(frozen=True)
@@ -259,8 +305,11 @@ class _DeviceInputs:
     miss_ratings: RatingsBatch  # the misses' ratings, rows indexing ``misses``
     top_rows: Tensor  # batch rows of the top-n queries
     cold: Tensor  # per top-n row: 1 for a user without ratings
-    mask_rows: Tensor  # (top-n row, movie) pairs never recommended: rated movies
+    mask_rows: Tensor  # (top-n row, movie) pairs never recommended: rated or excluded
     mask_movies: Tensor
+    candidate_rows: Tensor  # top-n rows that rank only their candidates
+    allow_rows: Tensor  # (top-n row, movie) pairs of those candidates
+    allow_movies: Tensor
     predict_rows: Tensor  # batch rows of the PredictRatings queries
     predict_movies: Tensor  # (P, W) their movies, padded with movie 0
 
@@ -275,8 +324,10 @@ class _Plan:
     top_rows: list[int]
     predict_rows: list[int]
     k: int  # how many movies the top-n rows take from the pass
+    cold: list[bool]  # per top-n row: a user without ratings, answered by popularity
     any_cold: bool
-    any_masked: bool
+    any_masked: bool  # some top-n row leaves movies out (rated, excluded, not a candidate)
+    any_candidates: bool
     host: list[Tensor]  # the int64 inputs, in _DeviceInputs's order
 
     @classmethod
@@ -295,7 +346,8 @@ class _Plan:
         top_rows = [b for b, _ in tops]
         predict = [(b, q.movies) for b, q in enumerate(queries) if isinstance(q, PredictQuery)]
         cold = [not rated[b] for b in top_rows]
-        masked = [r for r, (b, q) in enumerate(tops) if not q.include_rated and rated[b]]
+        left_out = [_left_out(q, rated[b]) for b, q in tops]  # per top-n row: movies
+        with_candidates = [r for r, (_, q) in enumerate(tops) if q.candidates]
         miss_rows = _owners([len(rated[b]) for b in misses])
         width = max((len(m) for _, m in predict), default=0)
         padded = torch.zeros(len(predict), max(width, 1), dtype=torch.int64)
@@ -310,8 +362,13 @@ class _Plan:
             _cat([rated[b].levels for b in misses]),
             _ints(top_rows),
             _ints([int(c) for c in cold]),
-            _ints(masked).repeat_interleave(_ints([len(rated[top_rows[r]]) for r in masked])),
-            _cat([rated[top_rows[r]].movies for r in masked]),
+            _owners([len(m) for m in left_out]),
+            _cat(left_out),
+            _ints(with_candidates),
+            _ints(with_candidates).repeat_interleave(
+                _ints([len(tops[r][1].candidates) for r in with_candidates])
+            ),
+            _ints([m for r in with_candidates for m in tops[r][1].candidates]),
             _ints([b for b, _ in predict]),
             padded,
         ]
@@ -322,15 +379,18 @@ class _Plan:
             top_rows=top_rows,
             predict_rows=[b for b, _ in predict],
             k=min(max((q.n for _, q in tops), default=1), engine.n_movies),
+            cold=cold,
             any_cold=any(cold),
-            any_masked=bool(masked),
+            any_masked=any(m.numel() for m in left_out) or bool(with_candidates),
+            any_candidates=bool(with_candidates),
             host=host,
         )
 
     def on_device(self, link: DeviceLink) -> _DeviceInputs:
         """The inputs on the link's device, in one copy."""
         (item_rows, hits, misses, miss_rows, movies, levels, top_rows, cold, mask_rows,
-         mask_movies, predict_rows, predict_movies) = link.send(self.host)  # fmt: skip
+         mask_movies, candidate_rows, allow_rows, allow_movies, predict_rows,
+         predict_movies) = link.send(self.host)  # fmt: skip
         return _DeviceInputs(
             item_rows=item_rows,
             hits=hits,
@@ -340,6 +400,9 @@ class _Plan:
             cold=cold,
             mask_rows=mask_rows,
             mask_movies=mask_movies,
+            candidate_rows=candidate_rows,
+            allow_rows=allow_rows,
+            allow_movies=allow_movies,
             predict_rows=predict_rows,
             predict_movies=predict_movies,
         )
@@ -356,7 +419,8 @@ class _Plan:
                 n = min(query.n, self.k)  # a catalogue smaller than n gives what it has
                 while n and s_list[r][n - 1] == -math.inf:  # fewer unrated movies than n
                     n -= 1
-                out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n])
+                fallback = POPULARITY if self.cold[r] else ""
+                out[b] = Recommendation(i_list[r][:n], s_list[r][:n], e_list[r][:n], fallback)
         if self.predict_rows:
             values = next(parts).tolist()
             for r, b in enumerate(self.predict_rows):
@@ -370,6 +434,14 @@ class _Plan:
             {b: states[r].clone() for r, b in enumerate(self.misses)} if states is not None else {}
         )
         return BatchResult([out[b] for b in range(len(self.queries))], computed)
+
+
+def _left_out(query: TopNQuery, rated: UserRatings) -> Tensor:
+    """The movies a top-n query must never return: excluded ones, and rated ones unless asked."""
+    excluded = _ints(query.exclude)
+    if query.include_rated or not rated:
+        return excluded
+    return torch.cat([rated.movies, excluded]) if query.exclude else rated.movies
 
 
 def _ints(values: Sequence[int]) -> Tensor:

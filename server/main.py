@@ -133,6 +133,31 @@ class ServerConfig:
     max_queue: int = _option(
         2048, "--max-queue", "RBMREC_MAX_QUEUE", "requests waiting beyond it are refused"
     )
+    max_concurrent_rpcs: int = _option(
+        4096,
+        "--max-concurrent-rpcs",
+        "RBMREC_MAX_CONCURRENT_RPCS",
+        "RPCs (UpdateRatings streams included) in progress at once; beyond it, RESOURCE_EXHAUSTED",
+    )
+    max_connection_age_s: float = _option(
+        300.0,
+        "--max-connection-age-s",
+        "RBMREC_MAX_CONNECTION_AGE_S",
+        "close each client connection after this long (GOAWAY; clients reconnect), so "
+        "long-lived connections spread over new replicas; 0: never",
+    )
+    max_connection_age_grace_s: float = _option(
+        30.0,
+        "--max-connection-age-grace-s",
+        "RBMREC_MAX_CONNECTION_AGE_GRACE_S",
+        "how long RPCs in progress on an aged connection may still run",
+    )
+    keepalive_s: float = _option(
+        60.0,
+        "--keepalive-s",
+        "RBMREC_KEEPALIVE_S",
+        "ping an idle connection this often and drop it if no answer comes in 20 s",
+    )
     poll_interval_s: float = _option(
         1.0, "--poll-interval", "RBMREC_POLL_INTERVAL", "seconds between checks of the alias"
     )
@@ -226,6 +251,16 @@ class ServerConfig:
             raise ValueError(f"poll interval must be a number > 0, got {self.poll_interval_s}")
         if not math.isfinite(self.warn_interval_s) or self.warn_interval_s <= 0:
             raise ValueError(f"warn interval must be a number > 0, got {self.warn_interval_s}")
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max concurrent RPCs must be >= 1, got {self.max_concurrent_rpcs}")
+        for name, value in (
+            ("max connection age", self.max_connection_age_s),
+            ("max connection age grace", self.max_connection_age_grace_s),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0 (seconds), got {value}")
+        if not math.isfinite(self.keepalive_s) or self.keepalive_s <= 0:
+            raise ValueError(f"keepalive must be a number > 0 (seconds), got {self.keepalive_s}")
         if self.torch_threads < 1:
             raise ValueError(f"torch threads must be >= 1, got {self.torch_threads}")
         _check_names(self.model, self.alias)
@@ -532,6 +567,27 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+def channel_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """The server's gRPC core options: port reuse off, keepalive, connection age."""
+    ms = 1000
+    options = [
+        # No SO_REUSEPORT: a second server on a taken port must fail, not split the traffic.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(config.keepalive_s * ms)),
+        ("grpc.keepalive_timeout_ms", 20 * ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients may ping every 10 s (more often is a GOAWAY "too_many_pings").
+        ("grpc.http2.min_ping_interval_without_data_ms", 10 * ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if config.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * ms)),
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * ms)),
+        ]
+    return options
+
+
 async def serve(config: ServerConfig, security: Security | None = None) -> str:
     """Serve until SIGTERM/SIGINT, finish in-flight work, stop; return the HOST:PORT it bound."""
     if security is None:
@@ -539,8 +595,11 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     _check_bindable(config.host, config.port)  # before loading a model: fail fast
     torch.set_num_threads(config.torch_threads)
     interceptors = [TokenAuth(security.token)] if security.token else None
-    # No SO_REUSEPORT: a second server on a taken port must fail, not split the traffic.
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=channel_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
     app = await _build(config, server)
     address = _host_port(config.host, _bind(server, config, security))
     metrics_url = _serve_metrics(app, config)

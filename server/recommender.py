@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,6 +26,7 @@ from server.model_holder import ModelHolder
 from server.ratings import Applied, RatingLog, RatingRecord, UserOverlay
 
 __all__ = [
+    "MAX_MANY",
     "MAX_N",
     "MAX_PREDICT",
     "PredictJob",
@@ -33,10 +34,13 @@ __all__ = [
     "RecommendJob",
     "Recommender",
     "Served",
+    "Similar",
 ]
 
 MAX_N = 1000
 MAX_PREDICT = 10_000
+MAX_MANY = 1000  # requests in one RecommendMany
+MAX_LISTED = 10_000  # exclude_movie_ids or candidate_movie_ids of one request
 MAX_FUTURE_S = 86_400  # a timestamp more than a day ahead is a client bug, not a clock skew
 LOG_RETRY_S = 1.0  # how long batches skip the rating log after it failed to answer
 
@@ -51,6 +55,8 @@ class RecommendJob:
     user_id: int
     n: int
     include_rated: bool
+    exclude: tuple[int, ...] = ()  # MovieLens ids never returned
+    candidates: tuple[int, ...] = ()  # when non-empty, rank only these MovieLens ids
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class PredictJob:
 
     user_id: int
     movie_ids: tuple[int, ...]
+    skip_unknown: bool = False  # unknown movies get NaN instead of failing the request
 
 
 Job = RecommendJob | PredictJob
@@ -77,6 +84,17 @@ class Served:
     scores: list[float]
     predicted: list[float]
     titles: list[str]
+    fallback: str = ""  # "" for a personal answer, "popularity" for a user without ratings
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A SimilarMovies response: nearest first, with cosine similarities."""
+
+    version: str
+    movie_ids: list[int]
+    scores: list[float]
+    titles: list[str]
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class Predicted:
 
 
 Result = Served | Predicted | ServiceError  # a per-request error travels back as a value
+Answered = Served | ServiceError  # a request answered without a pass
 NOT_RUN: Result = ServiceError("internal: request was not computed")  # replaced for live rows
 
 
@@ -136,11 +155,52 @@ class Recommender:
         _check_user(job.user_id)
         if not 1 <= job.n <= MAX_N:
             raise InvalidArgument(f"n must be between 1 and {MAX_N}, got {job.n}")
+        listed = {"exclude_movie_ids": job.exclude, "candidate_movie_ids": job.candidates}
+        for name, ids in listed.items():
+            if len(ids) > MAX_LISTED:
+                raise InvalidArgument(f"at most {MAX_LISTED} {name} per request, got {len(ids)}")
         result = await self.batcher.submit(job, timeout_s)
         if isinstance(result, ServiceError):
             raise result
         assert isinstance(result, Served)
         return result
+
+    async def recommend_many(
+        self, jobs: Sequence[RecommendJob], timeout_s: float | None = None
+    ) -> list[Served | ServiceError]:
+        """Recommend for each job, all submitted at once so they share batched passes.
+
+        One user's failure is that user's result, not the call's.
+        """
+        if len(jobs) > MAX_MANY:
+            raise InvalidArgument(f"at most {MAX_MANY} requests per call, got {len(jobs)}")
+        results = await asyncio.gather(
+            *(self.recommend(job, timeout_s) for job in jobs), return_exceptions=True
+        )
+        out: list[Served | ServiceError] = []
+        for result in results:
+            if isinstance(result, Served | ServiceError):
+                out.append(result)
+            else:  # not a domain error: a bug, or a cancellation; the whole call fails
+                raise result
+        return out
+
+    async def similar(self, movie_id: int, n: int) -> Similar:
+        """The ``n`` movies nearest to ``movie_id`` in the serving model."""
+        if not 1 <= n <= MAX_N:
+            raise InvalidArgument(f"n must be between 1 and {MAX_N}, got {n}")
+        engine = self.holder.require()
+        movie = engine.movie_index.get(movie_id)
+        if movie is None:
+            raise NotFound(f"movie {movie_id} is not in model version {engine.version}")
+        near = await self._on_model_thread(engine.similar, movie, n)
+        ids, titles = engine.movie_ids, engine.ckpt.titles
+        return Similar(
+            engine.version,
+            [ids[m] for m in near.movies],
+            near.scores,
+            [titles[m] for m in near.movies],
+        )
 
     async def predict(self, job: PredictJob, timeout_s: float | None = None) -> Predicted:
         """Predicted rating of each movie for the user, in request order."""
@@ -159,8 +219,9 @@ class Recommender:
         engine = self.holder.require()  # the whole batch is computed on one version
         await self._follow_log()
         queries = [self._query(engine, job) for job in jobs]
-        results: list[Result] = [q if isinstance(q, ServiceError) else NOT_RUN for q in queries]
-        live = [(i, q) for i, q in enumerate(queries) if not isinstance(q, ServiceError)]
+        # A query that is already answered (an error, or nothing to rank) skips the pass.
+        results: list[Result] = [q if isinstance(q, Answered) else NOT_RUN for q in queries]
+        live = [(i, q) for i, q in enumerate(queries) if not isinstance(q, Answered)]
         if not live:
             return results
         states = [self._state(engine, jobs[i].user_id) for i, _ in live]
@@ -174,27 +235,39 @@ class Recommender:
         )
         await self.cache.set_many([(states[b].key, v) for b, v in passed.computed.items()])
         for (i, _), out in zip(live, passed.outputs, strict=True):
-            results[i] = self._response(engine, out)
+            results[i] = self._response(engine, jobs[i], out)
         return results
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     @staticmethod
-    def _query(engine: Engine, job: Job) -> Query | ServiceError:
+    def _query(engine: Engine, job: Job) -> Query | Answered:
+        index = engine.movie_index
         if isinstance(job, RecommendJob):
-            return TopNQuery(job.n, job.include_rated)
-        index = []
+            # Unknown ids are skipped: a newer catalogue may hold movies this version lacks.
+            exclude = tuple(m for mid in job.exclude if (m := index.get(mid)) is not None)
+            candidates = tuple(m for mid in job.candidates if (m := index.get(mid)) is not None)
+            if job.candidates and not candidates:  # every candidate unknown: none to rank
+                return Served(engine.version, [], [], [], [])
+            return TopNQuery(job.n, job.include_rated, exclude, candidates)
+        movies = []
         for mid in job.movie_ids:
-            idx = engine.movie_index.get(mid)
-            if idx is None:
+            idx = index.get(mid)
+            if idx is None and not job.skip_unknown:
                 return NotFound(f"movie {mid} is not in model version {engine.version}")
-            index.append(idx)
-        return PredictQuery(tuple(index))
+            if idx is not None:
+                movies.append(idx)
+        return PredictQuery(tuple(movies))
 
     @staticmethod
-    def _response(engine: Engine, out: Recommendation | list[float]) -> Result:
+    def _response(engine: Engine, job: Job, out: Recommendation | list[float]) -> Result:
         if isinstance(out, list):
+            assert isinstance(job, PredictJob)
+            if len(out) < len(job.movie_ids):  # skipped unknown movies come back as NaN
+                known = iter(out)
+                index = engine.movie_index
+                out = [next(known) if m in index else math.nan for m in job.movie_ids]
             return Predicted(engine.version, out)
         titles, ids = engine.ckpt.titles, engine.movie_ids
         return Served(
@@ -203,6 +276,7 @@ class Recommender:
             out.scores,
             out.predicted,
             [titles[m] for m in out.movies],
+            out.fallback,
         )
 
     # -- UpdateRatings ---------------------------------------------------------------------

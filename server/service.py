@@ -116,16 +116,36 @@ def add_to_server(service: RecommenderService, server: grpc.aio.Server) -> None:
             request_deserializer=_lenient(pb.GetModelInfoRequest),
             response_serializer=pb.ModelInfo.SerializeToString,
         ),
+        "RecommendMany": grpc.unary_unary_rpc_method_handler(
+            service.RecommendMany,
+            request_deserializer=_lenient(pb.RecommendManyRequest),
+            response_serializer=pb.RecommendManyResponse.SerializeToString,
+        ),
+        "SimilarMovies": grpc.unary_unary_rpc_method_handler(
+            service.SimilarMovies,
+            request_deserializer=_lenient(pb.SimilarMoviesRequest),
+            response_serializer=pb.SimilarMoviesResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     # As the generated code does: registered methods take grpc's faster lookup (no stub).
     server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
 
 
+def _recommend_job(request: pb.RecommendRequest) -> RecommendJob:
+    return RecommendJob(
+        request.user_id,
+        request.n,
+        request.include_rated,
+        tuple(request.exclude_movie_ids),
+        tuple(request.candidate_movie_ids),
+    )
+
+
 def _recommend_response(served: Served) -> pb.RecommendResponse:
     # add() on the repeated field is about twice as fast as building each ScoredMovie
     # and passing the list, and this runs once per Recommend.
-    response = pb.RecommendResponse(model_version=served.version)
+    response = pb.RecommendResponse(model_version=served.version, fallback=served.fallback)
     add = response.movies.add
     for movie_id, score, predicted, title in zip(
         served.movie_ids, served.scores, served.predicted, served.titles, strict=True
@@ -162,12 +182,57 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         with self.metrics.rpc("Recommend") as call:
             if isinstance(request, Unparsable):
                 await self._fail(call, context, request.error())
-            job = RecommendJob(request.user_id, request.n, request.include_rated)
             try:
-                served = await self.recommender.recommend(job, context.time_remaining())
+                served = await self.recommender.recommend(
+                    _recommend_job(request), context.time_remaining()
+                )
             except ServiceError as exc:
                 await self._fail(call, context, exc)
             return _recommend_response(served)
+
+    async def RecommendMany(
+        self,
+        request: pb.RecommendManyRequest | Unparsable,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.RecommendManyResponse:
+        """Recommend for each request, in order; one user's failure is its own ``error``."""
+        with self.metrics.rpc("RecommendMany") as call:
+            if isinstance(request, Unparsable):
+                await self._fail(call, context, request.error())
+            jobs = [_recommend_job(r) for r in request.requests]
+            try:
+                results = await self.recommender.recommend_many(jobs, context.time_remaining())
+            except ServiceError as exc:
+                await self._fail(call, context, exc)
+            response = pb.RecommendManyResponse()
+            for result in results:
+                if isinstance(result, ServiceError):
+                    error = f"{status_for(result).name}: {result}"
+                    response.responses.append(pb.RecommendResponse(error=error))
+                else:
+                    response.responses.append(_recommend_response(result))
+            return response
+
+    async def SimilarMovies(
+        self,
+        request: pb.SimilarMoviesRequest | Unparsable,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.SimilarMoviesResponse:
+        """The movies nearest to one movie in the serving model."""
+        with self.metrics.rpc("SimilarMovies") as call:
+            if isinstance(request, Unparsable):
+                await self._fail(call, context, request.error())
+            try:
+                near = await self.recommender.similar(request.movie_id, request.n)
+            except ServiceError as exc:
+                await self._fail(call, context, exc)
+            response = pb.SimilarMoviesResponse(model_version=near.version)
+            add = response.movies.add
+            for movie_id, score, title in zip(
+                near.movie_ids, near.scores, near.titles, strict=True
+            ):
+                add(movie_id=movie_id, score=score, title=title)
+            return response
 
     async def PredictRatings(
         self,
@@ -178,7 +243,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         with self.metrics.rpc("PredictRatings") as call:
             if isinstance(request, Unparsable):
                 await self._fail(call, context, request.error())
-            job = PredictJob(request.user_id, tuple(request.movie_ids))
+            job = PredictJob(request.user_id, tuple(request.movie_ids), request.skip_unknown)
             try:
                 predicted = await self.recommender.predict(job, context.time_remaining())
             except ServiceError as exc:
@@ -242,6 +307,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 device=engine.where,
                 alias=self.alias,
                 backend=engine.backend,
+                ranking_score=engine.ckpt.ranking,
                 refused_version=holder.status.refused_version,
                 last_reload_error=holder.status.last_error,
             )

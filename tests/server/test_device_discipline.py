@@ -3,9 +3,9 @@
 The model is served on PyTorch's ``meta`` device under ``DeviceGuard`` (see
 tests/harness/device_guard.py) through the real ``Recommender``: real Redis for the cache
 and the rating log, batches that mix cache hits and misses, Recommend and PredictRatings,
-users without ratings, and streamed updates of cached users. Any operation that mixes
-devices, and any copy between host and device made anywhere but ``DeviceLink``, fails it;
-so does a pass that copies its results back more than once.
+users without ratings, filters, streamed updates of cached users, and SimilarMovies. Any
+operation that mixes devices, and any copy between host and device made anywhere but
+``DeviceLink``, fails it; so does a pass that copies its results back more than once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from server.errors import ServiceError
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.model_holder import ModelHolder
 from server.ratings import RatingRecord, RedisRatingLog, UserOverlay
-from server.recommender import Predicted, PredictJob, Recommender, RecommendJob, Served
+from server.recommender import Predicted, PredictJob, Recommender, RecommendJob, Served, Similar
 from tests.harness.cli import REDIS_URL, TrainedModel
 from tests.harness.device_guard import META, DeviceGuard
 
@@ -69,7 +69,9 @@ async def _serve_mixed_traffic(rec: Recommender) -> list[object]:
 
     def calls(users: range, predict: range) -> list[object]:
         jobs: list[object] = [rec.recommend(RecommendJob(u, 10, u % 5 == 0)) for u in users]
+        jobs += [rec.recommend(RecommendJob(u, 5, False, (50, 100), (1, 50, 181))) for u in users]
         jobs += [rec.predict(PredictJob(u, (1, 2, 3, 50))) for u in predict]
+        jobs += [rec.predict(PredictJob(u, (1, 10**8), skip_unknown=True)) for u in predict]
         return jobs
 
     out: list[object] = []
@@ -86,6 +88,7 @@ async def _serve_mixed_traffic(rec: Recommender) -> list[object]:
     out += await asyncio.gather(
         *calls(range(1, 4), range(1, 3)), return_exceptions=True
     )  # updated cached states
+    out.append(await rec.similar(50, 10))
     return out
 
 
@@ -128,7 +131,7 @@ def test_serving_pass_never_mixes_devices(
 
     errors = [r for r in results if isinstance(r, ServiceError | BaseException)]
     assert not errors, f"requests failed on the meta device: {errors[:3]}"
-    assert all(isinstance(r, Served | Predicted) for r in results)
+    assert all(isinstance(r, Served | Predicted | Similar) for r in results)
     assert cache.stats.hits > 0 and cache.stats.misses > 0, "both paths must be exercised"
     assert not guard.mixed, "operations mixed devices:\n" + "\n".join(guard.mixed[:10])
     stray = guard.copies_outside(LINK)
