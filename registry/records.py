@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from registry.errors import ErrorCode, RegistryError
 
 __all__ = ["AliasChange", "VerifyReport", "VersionInfo", "VersionMeta"]
+
+_ENTRY_ID = re.compile(r"\d+-\d+")  # a Redis Stream entry id, MILLISECONDS-SEQUENCE
 
 
 def _invalid(message: str) -> RegistryError:
@@ -29,6 +32,10 @@ class VersionMeta:
     parent_version: int | None = None  # the version this one was fine-tuned from, if any
     description: str = ""
     created_by: str = ""  # filled in by FileRegistry.register when empty
+    # The last rating-log entry id the version was trained on (None: trained without the
+    # log): a server serving it applies only the entries after it, and the log may be
+    # trimmed up to the oldest such point among the versions an alias points to.
+    rating_log_until: str | None = None
 
     def __post_init__(self) -> None:
         metrics: dict[str, float] = {}
@@ -53,6 +60,9 @@ class VersionMeta:
         for name in ("data_fingerprint", "created_at", "description", "created_by"):
             if not isinstance(getattr(self, name), str):
                 raise _invalid(f"{name} must be a string")
+        until = self.rating_log_until
+        if until is not None and not _ENTRY_ID.fullmatch(str(until)):
+            raise _invalid(f"rating_log_until must be a stream entry id like 1-0, got {until!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form written to meta.json."""
@@ -65,6 +75,7 @@ class VersionMeta:
             "library_versions": dict(self.library_versions),
             "parent_version": self.parent_version,
             "description": self.description,
+            "rating_log_until": self.rating_log_until,
         }
 
     @classmethod
@@ -79,6 +90,7 @@ class VersionMeta:
             parent_version=data.get("parent_version"),
             description=data.get("description", ""),
             created_by=data.get("created_by", ""),
+            rating_log_until=data.get("rating_log_until"),
         )
 
 

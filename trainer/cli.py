@@ -192,6 +192,7 @@ def _register(
         data_fingerprint=fingerprint,
         library_versions=_library_versions(),
         description=f"RBM on {args.dataset}/{args.split}",
+        rating_log_until=None if outcome.rating_log is None else outcome.rating_log.last_id,
     )
 
     def write_files(directory: Path) -> None:
