@@ -12,11 +12,20 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
 
-from ratinglog import Page, read_all, redact_url, stream_key
+from ratinglog import (
+    ArchiveCorrupt,
+    Page,
+    RatingArchive,
+    read_all,
+    read_full_log,
+    redact_url,
+    stream_key,
+)
 from trainer.data import Ratings
 
 __all__ = ["LogMerge", "RatingLog", "RatingLogUnavailable", "merge_log", "read_rating_log"]
@@ -32,7 +41,7 @@ class RatingLogUnavailable(Exception):
 
 @dataclass(frozen=True)
 class RatingLog:
-    """Every entry of the stream that decodes as a rating, in stream order."""
+    """Every entry of the stream (and its archive) that decodes as a rating, in log order."""
 
     key: str
     ratings: Ratings
@@ -45,19 +54,27 @@ class RatingLog:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_rating_log(url: str, prefix: str, page_size: int = PAGE_SIZE) -> RatingLog:
+def read_rating_log(
+    url: str, prefix: str, page_size: int = PAGE_SIZE, registry_root: Path | None = None
+) -> RatingLog:
     """The whole stream ``{prefix}:ratings`` at ``url``, read with XRANGE a page at a time.
 
-    Raises RatingLogUnavailable when Redis cannot be reached or read, ValueError for a URL
-    that is not a Redis one.
+    With ``registry_root``, what ``rbm-ratings trim`` archived there comes first, so a
+    retrain sees every rating ever logged. Raises RatingLogUnavailable when Redis cannot be
+    reached or read, or the archive is corrupt; ValueError for a URL that is not a Redis one.
     """
     key = stream_key(prefix)
     client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
     try:
-        return _collect(key, read_all(client, key, page_size))
+        if registry_root is None:
+            return _collect(key, read_all(client, key, page_size))
+        archive = RatingArchive(registry_root, prefix)
+        return _collect(key, read_full_log(client, key, archive, page_size))
     except redis.RedisError as exc:
         where = redact_url(url)
         raise RatingLogUnavailable(f"cannot read the rating log {key} at {where}: {exc}") from exc
+    except ArchiveCorrupt as exc:
+        raise RatingLogUnavailable(f"cannot read the rating log's archive: {exc}") from exc
     finally:
         client.close()
 
@@ -98,7 +115,7 @@ class LogMerge:
     applied: int  # ratings now in training: the latest entry of each (user, movie)
     superseded: int  # entries a later entry of the same (user, movie) replaced
     skipped_malformed: int
-    skipped_unknown_movie: int
+    skipped_unknown_movie: int  # no catalogue names it; kept in the log for a later retrain
     skipped_off_scale: int
     skipped_held_out: int  # (user, movie) in the validation slice or the test part
     replaced: int  # applied ratings that replaced a rating of the data set

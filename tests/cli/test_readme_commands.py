@@ -1,13 +1,13 @@
 """The README's command lines against the real tools, so that the README cannot drift.
 
 Every line of a ```sh block in README.md that starts with one of the project's CLIs
-(rbm-train, rbm-registry, rbm-serve, rbm-client, rbm-healthcheck, ``python -m trainer``,
-torchrun) is read as its synopsis: ``[...]`` marks optional parts, ``a|b`` alternatives,
-upper-case words placeholders. Running them for real would train, serve and need data, so
-each is checked against the real ``--help`` of the command it names, subcommand by
-subcommand: every subcommand must exist, every flag must exist where it is given (a
-parent's flag after a subcommand does not), a flag that takes a value must get one, and a
-value of a flag with choices must be one of them.
+(rbm-train, rbm-registry, rbm-serve, rbm-client, rbm-healthcheck, rbm-ratings,
+``python -m trainer``, torchrun) is read as its synopsis: ``[...]`` marks optional parts,
+``a|b`` alternatives, upper-case words placeholders. Running them for real would train,
+serve and need data, so each is checked against the real ``--help`` of the command it
+names, subcommand by subcommand: every subcommand must exist, every flag must exist where
+it is given (a parent's flag after a subcommand does not), a flag that takes a value must
+get one, and a value of a flag with choices must be one of them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ import pytest
 from tests.harness.cli import BIN, ROOT
 
 README = ROOT / "README.md"
-CLIS = ("rbm-train", "rbm-registry", "rbm-serve", "rbm-client", "rbm-healthcheck", "torchrun")
+CLIS = (
+    "rbm-train",
+    "rbm-registry",
+    "rbm-serve",
+    "rbm-client",
+    "rbm-healthcheck",
+    "rbm-ratings",
+    "torchrun",
+)
 PYTHON_M_TRAINER = "python -m trainer"
 TRAINER_ARGV = (sys.executable, "-m", "trainer")
 PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*")
