@@ -15,15 +15,18 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 install: $(VENV)/.installed
 
 # torch first, pinned: the CPU wheel is on disk here; any other spec pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml proto/rbmrec/v1/recommender.proto scripts/gen_proto.sh
+# The client library (client/, its own distribution rbmrec-client) installs beside rbmrec:
+# rbm-client is built on it.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml client/setup.py \
+		proto/rbmrec/v1/recommender.proto scripts/gen_proto.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check 'grpcio-tools>=1.70'
 	PYTHON=$(BIN)/python ./scripts/gen_proto.sh
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ./client -e '.[dev]'
 	touch $@
 
-# Regenerate the gRPC stubs in rbmrec/ from proto/ (never edit them by hand).
+# Regenerate the gRPC stubs in rbmrec/ and client/ from proto/ (never edit them by hand).
 proto: install
 	PYTHON=$(BIN)/python ./scripts/gen_proto.sh
 

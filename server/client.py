@@ -1,4 +1,4 @@
-"""``rbm-client``: a small command-line client of rbmrec.v1.Recommender.
+"""``rbm-client``: a small command line over the client library ``rbmrec_client``.
 
 Exit codes: 0 success, 1 the RPC failed (the status code is printed), 2 bad usage, 141
 stdout was closed before everything was printed (``| head``), as SIGPIPE would end a tool.
@@ -13,13 +13,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import grpc
+from rbmrec_client import Rating, RecommenderClient, RecommenderError, ScoredMovie
 
-from rbmrec.v1 import recommender_pb2 as pb
-from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
-from server.auth import bearer_metadata, load_token
+from server.auth import load_token
 from server.tls import channel_credentials
 
 __all__ = ["main"]
@@ -34,7 +33,9 @@ output:
   the same version as a number ("version": 3); both formats stay as they are.
   predict prints movie ids with their predicted ratings (PredictRatings carries no
   titles; recommend shows them); its --json "ratings" maps each movie id, a string
-  as JSON object keys are, to its rating.
+  as JSON object keys are, to its rating. recommend says "popularity fallback" (--json:
+  "fallback": "popularity") when the model knew nothing of the user; similar's score is
+  a cosine similarity.
 
 exit codes:
   0 success, 1 the RPC failed (its status code is printed), 2 bad usage,
@@ -108,6 +109,22 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--include-rated", action="store_true", help="also movies the user rated (default: not)"
     )
+    rec.add_argument(
+        "--exclude", type=_int64, nargs="+", default=[], metavar="MOVIE", help="never these movies"
+    )
+    rec.add_argument(
+        "--candidates",
+        type=_int64,
+        nargs="+",
+        default=[],
+        metavar="MOVIE",
+        help="rank only these movies (unknown ones are skipped)",
+    )
+    similar = sub.add_parser("similar", help="the movies nearest to a movie in the model")
+    similar.add_argument("--movie", type=_int64, required=True, help="MovieLens movie id")
+    similar.add_argument(
+        "-n", "--n", type=_int32, default=10, help="how many movies, 1..1000 (default %(default)s)"
+    )
     rate = sub.add_parser(
         "rate", help="stream one rating update (needs a server with --cache redis)"
     )
@@ -122,49 +139,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recommend(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
-    r = stub.Recommend(
-        pb.RecommendRequest(user_id=a.user, n=a.n, include_rated=a.include_rated),
-        timeout=a.timeout,
-        metadata=a.metadata,
-    )
-    movies = [
+def _movies(movies: tuple[ScoredMovie, ...]) -> list[dict[str, Any]]:
+    return [
         {
             "movie_id": m.movie_id,
             "title": m.title,
             "score": m.score,
             "predicted_rating": m.predicted_rating,
         }
-        for m in r.movies
+        for m in movies
     ]
-    return {"user_id": a.user, "model_version": r.model_version, "movies": movies}
 
 
-def _rate(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
-    update = pb.RatingUpdate(
-        user_id=a.user, movie_id=a.movie, rating=a.rating, timestamp=a.timestamp or int(time.time())
+def _recommend(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
+    r = client.recommend(
+        a.user, a.n, exclude=a.exclude, candidates=a.candidates, include_rated=a.include_rated
     )
-    acks = list(stub.UpdateRatings(iter([update]), timeout=a.timeout, metadata=a.metadata))
+    out = {"user_id": a.user, "model_version": r.model_version, "movies": _movies(r.movies)}
+    return out | ({"fallback": r.fallback} if r.fallback else {})
+
+
+def _similar(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
+    r = client.similar(a.movie, a.n)
+    return {"movie_id": a.movie, "model_version": r.model_version, "movies": _movies(r.movies)}
+
+
+def _rate(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
+    acks = client.rate([Rating(a.user, a.movie, a.rating, a.timestamp or int(time.time()))])
     if len(acks) != 1:
         raise RuntimeError(f"expected one ack, got {len(acks)}")
     return {"accepted": acks[0].accepted, "error": acks[0].error}
 
 
-def _predict(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
-    r = stub.PredictRatings(
-        pb.PredictRatingsRequest(user_id=a.user, movie_ids=a.movies),
-        timeout=a.timeout,
-        metadata=a.metadata,
-    )
-    return {
-        "user_id": a.user,
-        "model_version": r.model_version,
-        "ratings": dict(zip(a.movies, r.ratings, strict=True)),
-    }
+def _predict(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
+    r = client.predict(a.user, a.movies)
+    return {"user_id": a.user, "model_version": r.model_version, "ratings": r.by_movie()}
 
 
-def _info(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any]:
-    r = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=a.timeout, metadata=a.metadata)
+def _info(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
+    r = client.info()
     return {
         "model_name": r.model_name,
         "model_version": r.model_version,
@@ -175,17 +188,24 @@ def _info(stub: pb_grpc.RecommenderStub, a: argparse.Namespace) -> dict[str, Any
         "rating_levels": list(r.rating_levels),
         "device": r.device,
         "backend": r.backend,
+        **({"ranking_score": r.ranking_score} if r.ranking_score else {}),
     }
 
 
 def _print_human(command: str, out: dict[str, Any]) -> None:
     if command == "recommend":
-        print(f"user {out['user_id']} (model version {out['model_version']}):")
+        fallback = f", {out['fallback']} fallback" if "fallback" in out else ""
+        print(f"user {out['user_id']} (model version {out['model_version']}{fallback}):")
         for i, m in enumerate(out["movies"], 1):
             print(
                 f"{i:>4}. {m['title'][:60]:<60} predicted {m['predicted_rating']:.2f}"
                 f"  (movie {m['movie_id']}, score {m['score']:.3f})"
             )
+    elif command == "similar":
+        print(f"movie {out['movie_id']} (model version {out['model_version']}):")
+        for i, m in enumerate(out["movies"], 1):
+            where = f"(movie {m['movie_id']}, similarity {m['score']:.3f})"
+            print(f"{i:>4}. {m['title'][:60]:<60} {where}")
     elif command == "rate":
         if out["accepted"]:
             print("accepted")
@@ -203,34 +223,50 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
             print(f"{key}: {value}")
 
 
-_COMMANDS = {"recommend": _recommend, "rate": _rate, "predict": _predict, "info": _info}
+_COMMANDS: dict[str, Callable[[RecommenderClient, argparse.Namespace], dict[str, Any]]] = {
+    "recommend": _recommend,
+    "similar": _similar,
+    "rate": _rate,
+    "predict": _predict,
+    "info": _info,
+}
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    """A TLS channel when any --tls-* flag is given, else a plaintext one."""
+def _pem(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def _client(args: argparse.Namespace) -> RecommenderClient:
+    """A client with the flags' token and TLS files; ValueError names a bad one."""
+    token = load_token(args.token_file)
     if not (args.tls_ca or args.tls_cert or args.tls_key):
-        return grpc.insecure_channel(args.target)
-    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    return grpc.secure_channel(args.target, credentials)
+        return RecommenderClient(args.target, token=token, timeout_s=args.timeout)
+    # Each file checked now, a bad one named in one line, rather than a failed handshake later.
+    channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return RecommenderClient(
+        args.target,
+        token=token,
+        timeout_s=args.timeout,
+        tls=True,  # with only --tls-cert/--tls-key: the system's roots
+        root_certificates=_pem(args.tls_ca),
+        certificate_chain=_pem(args.tls_cert),
+        private_key=_pem(args.tls_key),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rbm-client``."""
     args = _parser().parse_args(argv)
     try:
-        args.metadata = bearer_metadata(load_token(args.token_file))
-        channel = _channel(args)
-    except ValueError as exc:
+        client = _client(args)
+    except (ValueError, OSError) as exc:
         print(f"rbm-client: error: {exc}", file=sys.stderr)
         return 2
-    with channel:
-        stub = pb_grpc.RecommenderStub(channel)
+    with client:
         try:
-            out = _COMMANDS[args.command](stub, args)
-        except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            print(f"rbm-client: error: {code}: {details}", file=sys.stderr)
+            out = _COMMANDS[args.command](client, args)
+        except RecommenderError as exc:
+            print(f"rbm-client: error: {exc.code.name}: {exc.details}", file=sys.stderr)
             return 1
     try:
         if args.json:
