@@ -37,6 +37,13 @@ from registry.gate import promote
 from registry.names import check_model_name
 from registry.records import VersionMeta
 from registry.store import FileRegistry, resolve_root
+from trainer.catalogue import (
+    CatalogueAddition,
+    ExtraMovies,
+    MoviesFileError,
+    add_movies,
+    read_movies,
+)
 from trainer.data import (
     DATASETS,
     ML100K_SPLITS,
@@ -136,6 +143,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="the server's --redis-prefix: the log is the stream PREFIX:ratings",
     )
+    p.add_argument(
+        "--movies",
+        metavar="FILE",
+        type=Path,
+        help="UTF-8 CSV with the header movie_id,title: movies to add to the data set's "
+        "catalogue, e.g. ones the rating log rates that the data set does not list (an id "
+        "the data set lists keeps the data set's title, and is counted)",
+    )
     return p
 
 
@@ -164,6 +179,7 @@ def _register(
     cfg: TrainConfig,
     fingerprint: str,
     world_size: int,
+    added: CatalogueAddition | None,
 ) -> tuple[dict[str, Any], RegistryError | None]:
     """Register the version; with --promote, also try the gate.
 
@@ -186,6 +202,9 @@ def _register(
             "last_id": outcome.rating_log.last_id,
             "applied": outcome.rating_log.applied,
         }
+    if added is not None:  # never the file's path: a path of the machine it was trained on
+        params["movies_added"] = added.added
+        params["movies_already_listed"] = added.already_listed
     meta = VersionMeta(
         metrics=outcome.metrics,
         params=params,
@@ -250,6 +269,7 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
 
     try:
         _check_args(args)
+        extra = _read_movies(args)
         cfg = TrainConfig(
             n_hidden=args.hidden,
             epochs=args.epochs,
@@ -271,6 +291,9 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
         return fail(3, exc)
     except (OSError, ValueError) as exc:  # the arguments were checked: a file is missing or bad
         return fail(3, f"cannot read {args.dataset} from {data_dir}: {exc}")
+    added = None
+    if extra is not None:
+        ds, added = add_movies(ds, extra)
     try:
         log = _read_log(args, comm)
     except (RatingLogUnavailable, RankZeroFailed) as exc:
@@ -301,13 +324,13 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
         progress.close()
 
     outcome.metrics["train_seconds"] = round(time.monotonic() - started, 3)
-    report = _report(args, outcome, cfg, comm.world_size)
+    report = _report(args, outcome, cfg, comm.world_size, added)
     refused: RegistryError | None = None
     if not args.no_register:
         fingerprint = ds.fingerprint if log is None else log.fingerprint(ds.fingerprint)
         try:
             report["registered"], refused = _register(
-                args, outcome, cfg, fingerprint, comm.world_size
+                args, outcome, cfg, fingerprint, comm.world_size, added
             )
         except RegistryError as exc:
             return fail(5, exc)
@@ -437,6 +460,16 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--model: {exc.message}") from exc
 
 
+def _read_movies(args: argparse.Namespace) -> ExtraMovies | None:
+    """The --movies file's movies; ValueError naming the flag and file if it is bad."""
+    if args.movies is None:
+        return None
+    try:
+        return read_movies(args.movies)
+    except MoviesFileError as exc:
+        raise ValueError(f"--movies {args.movies}: {exc}") from exc
+
+
 def _registry_problem(args: argparse.Namespace) -> str | None:
     """Why registering would fail whatever was trained, checked before training."""
     root = resolve_root(args.registry)
@@ -449,11 +482,18 @@ def _read_log(args: argparse.Namespace, comm: Communicator) -> RatingLog | None:
     """The rating log, read once on rank 0 so every rank trains on the same entries."""
     if args.ratings_log is None:
         return None
-    return comm.decide(lambda: read_rating_log(args.ratings_log, args.ratings_log_prefix))
+    root = resolve_root(args.registry)  # the archive of what `rbm-ratings trim` removed
+    return comm.decide(
+        lambda: read_rating_log(args.ratings_log, args.ratings_log_prefix, registry_root=root)
+    )
 
 
 def _report(
-    args: argparse.Namespace, outcome: TrainOutcome, cfg: TrainConfig, world_size: int
+    args: argparse.Namespace,
+    outcome: TrainOutcome,
+    cfg: TrainConfig,
+    world_size: int,
+    added: CatalogueAddition | None,
 ) -> dict[str, Any]:
     """The --json report, less ``registered``."""
     report: dict[str, Any] = dict(outcome.metrics)
@@ -466,6 +506,12 @@ def _report(
     }
     if outcome.rating_log is not None:
         report["rating_log"] = outcome.rating_log.to_report()
+    if added is not None:
+        report["movies"] = {
+            "added": added.added,
+            "already_listed": added.already_listed,
+            "catalogue": outcome.checkpoint.config.n_movies,
+        }
     return report
 
 
@@ -476,6 +522,12 @@ def _print_human(report: dict[str, Any]) -> None:
     for name, metrics in rows:
         cells = "".join(f"{metrics[k]:>14.4f}" if k in metrics else f"{'-':>14}" for k in keys)
         print(f"{name:<12}{cells}")
+    if "movies" in report:
+        movies = report["movies"]
+        print(
+            f"catalogue {movies['catalogue']} movies: {movies['added']} added by --movies, "
+            f"{movies['already_listed']} already listed"
+        )
     if "registered" in report:
         reg = report["registered"]
         promoted = ""

@@ -91,6 +91,47 @@ def test_a_bad_value_exits_2_with_one_line(train: Train, argv: list[str], says: 
     assert_one_line_error(err, PROG, says)
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read it: No such file or directory"),
+        (b"", "expected the header movie_id,title, got an empty file"),
+        (b"id,title\n5000,A\n", "expected the header movie_id,title, got 'id,title'"),
+        (b"movie_id,title\nabc,A\n", "line 2: movie id 'abc' is not an integer"),
+        (b"movie_id,title\n1.5,A\n", "line 2: movie id '1.5' is not an integer"),
+        (b"movie_id,title\n0,A\n", "line 2: movie id 0 is not in 1..2**63-1"),
+        (b"movie_id,title\n-4,A\n", "line 2: movie id -4 is not in 1..2**63-1"),
+        (b"movie_id,title\n5000,A\n7,B\n5000,C\n", "line 4: movie id 5000 is named twice"),
+        (b"movie_id,title\n5000,A, The\n", "line 2: expected 2 fields"),
+        (b"movie_id,title\n5000,\n", "line 2: movie 5000 has an empty title"),
+        (b"movie_id,title\n5000,Am\xe9lie\n", "not UTF-8"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "header",
+        "word",
+        "fraction",
+        "zero",
+        "negative",
+        "duplicate",
+        "unquoted comma",
+        "no title",
+        "latin-1",
+    ],
+)
+def test_a_bad_movies_file_exits_2_with_one_line(
+    train: Train, tmp_path: Path, content: bytes | None, says: str
+) -> None:
+    path = tmp_path / "movies.csv"
+    if content is not None:
+        path.write_bytes(content)
+    code, err = train("--movies", str(path))
+    assert code == USAGE, err
+    assert_one_line_error(err, PROG, f"--movies {path}: {says}")
+    assert not (tmp_path / "registry").exists(), "nothing may be registered"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_exits_2(train: Train) -> None:
     code, err = train("--device", "cuda")
