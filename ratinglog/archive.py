@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from urllib.parse import quote
 
 from ratinglog.format import RatingRecord, entry_key
 from ratinglog.stream import Entry
-from registry.fsio import atomic_write_bytes, fsync_dir
+from registry.fsio import atomic_write_bytes
 
 __all__ = ["ARCHIVE_DIR", "KILL_ENV", "MANIFEST", "ArchiveCorrupt", "RatingArchive", "Segment"]
 
@@ -166,7 +165,8 @@ class RatingArchive:
             name = f"{number:06d}.csv.gz"
             # mtime=0: the same entries make the same bytes, so a rerun's segment is the same.
             data = gzip.compress(_encode(entries), mtime=0)
-            _write_new(self.path / name, data, number)
+            # Replaces a killed append's leftover of the same number.
+            atomic_write_bytes(self.path / name, data, lambda: _kill_point("segment-temp", number))
             _kill_point("segment", number)
             digest = hashlib.sha256(data).hexdigest()
             segment = Segment(name, digest, entries[0][0], entries[-1][0], len(entries))
@@ -241,22 +241,6 @@ def _parse_manifest(path: Path) -> list[Segment]:
         if not all(_ENTRY_ID.fullmatch(i) for i in ids) or type(segment.rows) is not int:
             raise ArchiveCorrupt(f"archive manifest {path} has a bad record for {segment.file}")
     return segments
-
-
-def _write_new(path: Path, data: bytes, number: int) -> None:
-    """Write ``path`` whole or not at all: a temp file, fsynced, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _kill_point("segment-temp", number)
-        os.replace(tmp, path)  # replaces a killed append's leftover of the same number
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _remove_temp_files(folder: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "fsync_dir", "fsync_file", "sha256_file", "walk_files"]
@@ -39,8 +40,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix."""
+def atomic_write_bytes(
+    path: Path, data: bytes, before_rename: Callable[[], None] | None = None
+) -> None:
+    """Replace `path` with `data` so readers see the old or the new content, never a mix.
+
+    ``before_rename`` runs once the temp file is on disk (tests kill the writer there).
+    """
     # The temp name starts with "." so directory listings that validate names skip it.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -48,6 +54,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

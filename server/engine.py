@@ -111,10 +111,13 @@ class Engine:
         scoring: ScorePass,
         backend: str = "torch",
         identity: str = "",
+        log_point: str | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.version = version
         self.identity = identity or version
+        # The last rating-log entry the version absorbed (None: trained without the log).
+        self.log_point = log_point
         self.device = device
         self.backend = backend
         self.config = ckpt.config
@@ -136,11 +139,13 @@ class Engine:
         device: torch.device,
         backend: str = "torch",
         identity: str = "",
+        log_point: str | None = None,
     ) -> Engine:
         """Load and check a checkpoint directory, then warm the scoring pass once."""
         ckpt = load_checkpoint(directory)
         scoring = make_score_pass(backend, ckpt, directory, device)
-        engine = cls(ckpt, version, torch_side(backend, device), scoring, backend, identity)
+        side = torch_side(backend, device)
+        engine = cls(ckpt, version, side, scoring, backend, identity, log_point)
         nobody = UserRatings(_EMPTY, _EMPTY)
         engine.run([-1], [nobody], [TopNQuery(1)])
         return engine

@@ -1,11 +1,13 @@
-"""Per-user hidden pre-activations, cached by model version, user and ratings generation.
+"""Per-user hidden pre-activations, cached by model version, user and log position.
 
-The generation counts the streamed updates applied to a user, so a value computed before
-an update can never be read after it: an update writes the next generation's value
-(old + one weight row), and a stale write lands under a key nobody asks for again.
+A user's position is the id of the last rating-log entry applied to it: a value computed
+before an update can never be read after it (an update writes the value under the new
+entry's id: old + one weight row), a stale write lands under a key nobody asks for again,
+and since entry ids are never reused, trimming the log cannot alias two rating sets.
 
 ``RedisHiddenCache`` keeps a small in-process cache beside Redis and falls back to it while
-Redis is unreachable, trying Redis again after a back-off.
+Redis is unreachable, trying Redis again after a back-off. Its Redis may be a Redis Cluster
+(see ``server.cache_client``): keys spread over the slots, and no command spans two.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Protocol
 import numpy as np
 import redis.asyncio as aioredis
 import torch
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 from torch import Tensor
+
+from server.cache_client import CACHE_ERRORS, CacheClient
 
 __all__ = ["CacheKey", "CacheStats", "HiddenCache", "MemoryHiddenCache", "RedisHiddenCache"]
 
@@ -30,16 +34,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Which hidden state: model, version, user and the user's ratings generation."""
+    """Which hidden state: model, version, user and the user's log position."""
 
     model: str
     version: str
     user_id: int
-    generation: int
+    position: str  # the last rating-log entry applied to the user; "" for none
 
     def redis_key(self, prefix: str) -> str:
         """The Redis key for this state."""
-        return f"{prefix}:{self.model}:h:{self.version}:{self.user_id}:{self.generation}"
+        position = self.position or "base"
+        return f"{prefix}:{self.model}:h:{self.version}:{self.user_id}:{position}"
 
 
 @dataclass
@@ -146,13 +151,13 @@ class RedisHiddenCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: CacheClient | aioredis.Redis | RedisCluster,
         ttl_s: int = 86_400,
         prefix: str = "rbmrec",
         retry_after_s: float = 1.0,
         fallback: MemoryHiddenCache | None = None,
     ) -> None:
-        self.client = client
+        self.client = client if isinstance(client, CacheClient) else CacheClient(client)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.retry_after_s = retry_after_s
@@ -172,7 +177,7 @@ class RedisHiddenCache:
         self._down_until = time.monotonic() + self.retry_after_s
 
     async def get_many(self, keys: Sequence[CacheKey]) -> list[Tensor | None]:
-        """MGET all keys at once; the in-process cache answers while Redis is down."""
+        """MGET all keys at once (per slot on a cluster); in process while Redis is down."""
         if not keys:
             return []
         if self.backend == "redis":
@@ -181,7 +186,7 @@ class RedisHiddenCache:
                 values = [None if r is None else _decode(r) for r in raw]
                 self.stats.count(values)
                 return values
-            except (RedisError, OSError) as exc:
+            except CACHE_ERRORS as exc:
                 self._failed(exc)
         return await self.fallback.get_many(keys)
 
@@ -191,15 +196,13 @@ class RedisHiddenCache:
             return
         if self.backend == "redis":
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for key, value in items:
-                        pipe.set(key.redis_key(self.prefix), _encode(value), ex=self.ttl_s)
-                    await pipe.execute()
+                encoded = [(key.redis_key(self.prefix), _encode(value)) for key, value in items]
+                await self.client.set_many(encoded, self.ttl_s)
                 return
-            except (RedisError, OSError) as exc:
+            except CACHE_ERRORS as exc:
                 self._failed(exc)
         await self.fallback.set_many(items)
 
     async def close(self) -> None:
-        """Close the Redis connection pool."""
+        """Close the Redis connections."""
         await self.client.aclose()

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.connection import parse_url
 from redis.exceptions import RedisError
 
+from ratinglog.archive import RatingArchive
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.errors import RegistryError
 from registry.names import check_alias, check_model_name
@@ -35,12 +36,13 @@ from registry.store import DEFAULT_ROOT, ENV_VAR, FileRegistry, resolve_root
 from server.auth import TokenAuth, load_token
 from server.backends import BACKENDS, onnx_providers
 from server.batcher import BatcherConfig
+from server.cache_client import connect_cache
 from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.logs import configure_logging, redact_url
 from server.metrics import Metrics, ServerState
 from server.model_holder import WAIT_WARNING_S, ModelHolder
-from server.ratings import NoRatingLog, RatingLog, RedisRatingLog, UserOverlay
+from server.ratings import NoRatingLog, RatingLog, RedisRatingLog
 from server.recommender import Recommender
 from server.service import RecommenderService, add_to_server
 from server.tls import check_pair, server_credentials
@@ -111,6 +113,14 @@ class ServerConfig:
         choices=("redis", "memory"),
     )
     redis_url: str = _option("redis://127.0.0.1:6379/0", "--redis-url", "REDIS_URL", "Redis URL")
+    cache_redis_url: str | None = _option(
+        None,
+        "--cache-redis-url",
+        "RBMREC_CACHE_REDIS_URL",
+        "Redis for the hidden-state cache alone, a Redis Cluster too (told apart by asking "
+        "it); unlike the rating log's it may evict and need not persist; none: --redis-url",
+        metavar="URL",
+    )
     redis_prefix: str = _option(
         "rbmrec",
         "--redis-prefix",
@@ -266,6 +276,8 @@ class ServerConfig:
         _check_names(self.model, self.alias)
         if self.cache == "redis":
             _check_redis_url(self.redis_url)
+            if self.cache_redis_url is not None:
+                _check_redis_url(self.cache_redis_url, "--cache-redis-url")
         BatcherConfig(self.max_batch_size, self.max_batch_wait_us, self.max_queue)
         check_pair(self.tls_cert, self.tls_key)
         if self.tls_client_ca and not self.tls_cert:
@@ -335,14 +347,15 @@ def _check_names(model: str, alias: str) -> None:
         raise ValueError(str(exc)) from None
 
 
-def _check_redis_url(url: str) -> None:
+def _check_redis_url(url: str, flag: str = "--redis-url") -> None:
     try:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
-        raise ValueError(f"--redis-url {redact_url(url)} is not a Redis URL: {exc}") from None
+        raise ValueError(f"{flag} {redact_url(url)} is not a Redis URL: {exc}") from None
 
 
 NO_UPDATES = "rating updates off: UpdateRatings answers UNAVAILABLE"
+LAG_CAP = 10_000  # the lag metric counts this many entries at most (one bounded read)
 
 
 async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
@@ -350,14 +363,26 @@ async def _storage(config: ServerConfig) -> tuple[HiddenCache, RatingLog, str]:
         where = f"memory (--cache memory; {NO_UPDATES}, even if a Redis answers)"
         return MemoryHiddenCache(config.cache_capacity), NoRatingLog(), where
     client = aioredis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-    try:
-        await client.ping()
-        where = f"redis at {redact_url(config.redis_url)}"
-    except (RedisError, OSError) as exc:
-        where = f"memory (no Redis answered at {redact_url(config.redis_url)}: {exc}; retrying)"
+    cache_url = config.cache_redis_url or config.redis_url
+    own = cache_url != config.redis_url
+    # One Redis for both: the cache shares the log's connections (and closes them at the end).
+    cache_client = await connect_cache(cache_url, None if own else client)
+    if cache_client.kind is None:
+        where = f"memory (no Redis answered at {redact_url(cache_url)}: {cache_client.error}; "
+        where += "retrying)"
+    else:
+        where = f"{cache_client.kind} at {redact_url(cache_url)}"
+    if own:
+        try:
+            await client.ping()
+            where += f"; rating log at {redact_url(config.redis_url)}"
+        except (RedisError, OSError) as exc:
+            where += f"; no rating log at {redact_url(config.redis_url)} yet: {exc}; retrying"
+    elif cache_client.kind == "redis cluster":
+        log.warning("--redis-url names a Redis Cluster: the rating log needs a plain Redis")
     return (
         RedisHiddenCache(
-            client,
+            cache_client,
             config.cache_ttl_s,
             config.redis_prefix,
             fallback=MemoryHiddenCache(config.cache_capacity),
@@ -376,10 +401,13 @@ class _App:
     recommender: Recommender
     metrics: Metrics
     health: Any  # grpc_health's aio HealthServicer (untyped)
+    log_length: int = -1
+    log_lag: int = 0
 
     def state(self) -> ServerState:
         """Live counters for /metrics."""
         stats, status, engine = self.cache.stats, self.holder.status, self.holder.engine
+        overlay = self.recommender.built_overlay(engine) if engine else None
         return ServerState(
             cache_hits=stats.hits,
             cache_misses=stats.misses,
@@ -389,7 +417,26 @@ class _App:
             reload_failures=status.failures,
             queue_depth=self.recommender.batcher.depth,
             model_version=engine.version if engine else "",
+            overlay_users=len(overlay.ratings) if overlay else 0,
+            overlay_ratings=overlay.entries if overlay else 0,
+            log_length=self.log_length,
+            log_lag=self.log_lag,
+            replay_seconds=self.recommender.replayed.seconds,
+            replay_entries=self.recommender.replayed.entries,
         )
+
+    async def observe_log(self) -> None:
+        """Read the stream's length and this replica's lag for /metrics."""
+        engine, log_ = self.holder.engine, self.recommender.rating_log
+        if engine is None or not isinstance(log_, RedisRatingLog):
+            return
+        try:
+            self.log_length = await log_.length()
+            overlay = self.recommender.built_overlay(engine)
+            if overlay is not None:
+                self.log_lag = await log_.count_after(overlay.last_id, LAG_CAP)
+        except Unavailable:
+            pass  # the batches and updates say so in the log already
 
     async def set_health(self) -> None:
         """SERVING once a model is loaded, NOT_SERVING before."""
@@ -414,6 +461,7 @@ class _App:
                     if not had_one:
                         on_first()
                 await self.set_health()
+                await self.observe_log()
             except Exception:  # a surprise must not end following the alias for good
                 log.exception("following the alias failed; trying again")
 
@@ -441,16 +489,15 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
         config.backend,
         warn_every_s=config.warn_interval_s,
     )
-    await holder.refresh()
     cache, rating_log, where = await _storage(config)
-    overlay = UserOverlay()
-    try:
-        replayed = await overlay.catch_up(rating_log)
-        log.info("replayed %d streamed ratings from the log", len(replayed))
-    except Unavailable as exc:  # updates refuse until it answers; batches catch up then
-        log.warning("rating log not replayed yet: %s", exc)
     batching = BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue)
-    recommender = Recommender(holder, cache, overlay, rating_log, batching)
+    archive = (
+        RatingArchive(registry.root, config.redis_prefix)
+        if isinstance(rating_log, RedisRatingLog)
+        else None
+    )
+    recommender = Recommender(holder, cache, rating_log, batching, archive=archive)
+    holder.prepare = recommender.prepare  # a version is served once its overlay is built
     metrics = Metrics()
     recommender.batcher.on_batch = metrics.batch_size.observe
     app = _App(holder, cache, recommender, metrics, health.aio.HealthServicer())  # type: ignore[attr-defined]
@@ -603,15 +650,21 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     app = await _build(config, server)
     address = _host_port(config.host, _bind(server, config, security))
     metrics_url = _serve_metrics(app, config)
-    settle_heap()
     await server.start()
     app.recommender.batcher.start()
+    # Bound and answering health NOT_SERVING while the first version loads and replays the
+    # rating log after its point (bounded by what came since the last retrain); then SERVING.
+    await app.set_health()
+    await app.holder.refresh()
+    settle_heap()
     await app.set_health()
     watcher = asyncio.create_task(
         app.follow_alias(config.poll_interval_s, lambda: _print_serving(app, config, address)),
         name="alias-watcher",
     )
     shown = {**dataclasses.asdict(config), "redis_url": redact_url(config.redis_url)}
+    if config.cache_redis_url:  # may carry a password too
+        shown["cache_redis_url"] = redact_url(config.cache_redis_url)
     log.info("config: %s", shown)
     log.info("security: %s", security.describe(config))
     _print_serving(app, config, address)
@@ -628,6 +681,7 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
         watcher.cancel()
         await app.recommender.close()
         await app.cache.close()
+        await app.recommender.rating_log.close()
         if address_file:  # the address is no longer served: a stale file would mislead
             address_file.unlink(missing_ok=True)
     return address

@@ -36,6 +36,12 @@ class ServerState:
     reload_failures: int
     queue_depth: int
     model_version: str
+    overlay_users: int = 0  # users with ratings streamed after the served version's point
+    overlay_ratings: int = 0
+    log_length: int = -1  # entries in the rating log's stream (-1: not read yet)
+    log_lag: int = 0  # entries after this replica's position, at the last look (capped)
+    replay_seconds: float = 0.0  # building the served version's overlay took this long
+    replay_entries: int = 0
 
 
 class _StateCollector(Collector):
@@ -69,6 +75,16 @@ class _StateCollector(Collector):
         )
         version.add_metric([s.model_version], 1)
         yield version
+        gauges: tuple[tuple[str, str, float], ...] = (
+            ("rbmrec_overlay_users", "users with ratings since the version", s.overlay_users),
+            ("rbmrec_overlay_ratings", "ratings streamed since the version", s.overlay_ratings),
+            ("rbmrec_rating_log_length", "entries in the rating log stream", s.log_length),
+            ("rbmrec_rating_log_lag_entries", "log entries not applied yet here", s.log_lag),
+            ("rbmrec_replay_seconds", "the served version's log replay", s.replay_seconds),
+            ("rbmrec_replay_entries", "entries the served version replayed", s.replay_entries),
+        )
+        for name, doc, amount in gauges:
+            yield GaugeMetricFamily(name, doc, value=amount)
 
 
 class _LoopCollector(Collector):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +69,9 @@ class ModelHolder:
         self.warn_every_s = warn_every_s
         self._clock = clock
         self._warned: tuple[str, float] | None = None  # (reason, when) of the last warning
+        # Called with a loaded engine before it is swapped in (the Recommender replays the
+        # rating log after the version's point); set once the server is assembled.
+        self.prepare: Callable[[Engine], Awaitable[None]] | None = None
 
     def require(self) -> Engine:
         """The engine to compute a request on; raise NotReady if none is loaded."""
@@ -86,7 +89,14 @@ class ModelHolder:
         # registries (and a re-created one), the content does not.
         digest = info.files.get(TENSORS_FILE, "")[:16]
         identity = f"{version}.{digest}" if digest else str(version)
-        return Engine.load(info.path, str(version), self.device, self.backend, identity)
+        return Engine.load(
+            info.path,
+            str(version),
+            self.device,
+            self.backend,
+            identity,
+            log_point=info.meta.rating_log_until,
+        )
 
     @property
     def waiting_for(self) -> str:
@@ -112,6 +122,8 @@ class ModelHolder:
             return False
         try:
             engine = await asyncio.to_thread(self._load, target)
+            if self.prepare is not None:
+                await self.prepare(engine)
         except Exception as exc:  # any failure to load must leave the old version serving
             self._refuse(str(target), f"version {target} refused: {exc}")
             self._still_waiting(self.status.last_error, already_said=True)

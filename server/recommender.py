@@ -6,11 +6,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from ratinglog import Entry, entry_key
 from server.batcher import Batcher, BatcherConfig
 from server.engine import (
     Engine,
@@ -23,7 +24,7 @@ from server.engine import (
 from server.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from server.hidden_cache import CacheKey, HiddenCache
 from server.model_holder import ModelHolder
-from server.ratings import Applied, RatingLog, RatingRecord, UserOverlay
+from server.ratings import MAX_UPDATE_ID, Applied, RatingLog, RatingRecord, UserOverlay
 
 __all__ = [
     "MAX_MANY",
@@ -111,6 +112,37 @@ NOT_RUN: Result = ServiceError("internal: request was not computed")  # replaced
 
 
 @dataclass(frozen=True)
+class UpdateAck:
+    """What UpdateRatings acknowledges: the log entry, whether it applies, a repeat or not."""
+
+    log_id: str
+    applied: bool  # the serving version knows the movie (else kept for the next retrain)
+    duplicate: bool  # the update_id was stored before: nothing new was logged
+
+
+class Archive(Protocol):
+    """Log entries trimmed from the stream, kept in order (``ratinglog.archive``)."""
+
+    @property
+    def last_id(self) -> str | None:
+        """The newest archived entry id, None when empty."""
+        ...
+
+    def pages(self, after: str | None = None) -> Iterator[list[Entry]]:
+        """Archived entries strictly after ``after``, oldest first, a page at a time."""
+        ...
+
+
+@dataclass
+class ReplayStats:
+    """The last overlay build, for metrics."""
+
+    seconds: float = 0.0
+    entries: int = 0
+    from_archive: int = 0
+
+
+@dataclass(frozen=True)
 class _UserState:
     ratings: UserRatings  # training ratings + streamed ones
     key: CacheKey
@@ -129,15 +161,19 @@ class Recommender:
         self,
         holder: ModelHolder,
         cache: HiddenCache,
-        overlay: UserOverlay,
         rating_log: RatingLog,
         batcher_config: BatcherConfig,
         worker: Executor | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.holder = holder
         self.cache = cache
-        self.overlay = overlay
+        # Each version has its own overlay (the entries after its point): the current one's,
+        # and the next one's while it is being prepared.
+        self._overlays: dict[str, UserOverlay] = {}
         self.rating_log = rating_log
+        self.archive = archive
+        self.replayed = ReplayStats()
         self.batcher: Batcher[Job, Result] = Batcher(self._run_batch, batcher_config)
         # One worker, the model thread: every tensor operation of a request runs on it, one
         # pass at a time (the event loop never waits on the device), and a dedicated
@@ -217,14 +253,15 @@ class Recommender:
 
     async def _run_batch(self, jobs: list[Job]) -> list[Result]:
         engine = self.holder.require()  # the whole batch is computed on one version
-        await self._follow_log()
+        overlay = self.overlay_of(engine)
+        await self._follow_log(overlay)
         queries = [self._query(engine, job) for job in jobs]
         # A query that is already answered (an error, or nothing to rank) skips the pass.
         results: list[Result] = [q if isinstance(q, Answered) else NOT_RUN for q in queries]
         live = [(i, q) for i, q in enumerate(queries) if not isinstance(q, Answered)]
         if not live:
             return results
-        states = [self._state(engine, jobs[i].user_id) for i, _ in live]
+        states = [self._state(engine, overlay, jobs[i].user_id) for i, _ in live]
         cached = await self.cache.get_many([s.key for s in states])
         passed = await self._on_model_thread(
             engine.run,
@@ -279,33 +316,89 @@ class Recommender:
             out.fallback,
         )
 
-    # -- UpdateRatings ---------------------------------------------------------------------
-    async def update(self, record: RatingRecord) -> None:
-        """Validate, log durably, then apply the log's new entries to overlay and cache.
+    # -- the overlay of each version -------------------------------------------------------
+    def overlay_of(self, engine: Engine) -> UserOverlay:
+        """The overlay of ``engine``'s version (built by ``prepare`` before it was served)."""
+        overlay = self._overlays.get(engine.identity)
+        if overlay is None:  # an engine set without prepare (tests): start at its point
+            overlay = self._overlays[engine.identity] = UserOverlay(point=engine.log_point)
+        if len(self._overlays) > 1 and engine is self.holder.engine:
+            # The previous version is no longer served: its overlay goes (batches already
+            # running on it hold their own reference).
+            self._overlays = {engine.identity: overlay}
+        return overlay
 
-        Raises InvalidArgument/NotFound for a bad update and Unavailable when the log
-        cannot store it: nothing is applied unless the log has it.
+    def built_overlay(self, engine: Engine) -> UserOverlay | None:
+        """The overlay of ``engine``'s version if built, without touching any (for metrics)."""
+        return self._overlays.get(engine.identity)
+
+    async def prepare(self, engine: Engine) -> None:
+        """Build the overlay of a version about to be served: the log after its point.
+
+        Entries trimmed from the stream come from the archive (a rollback to a version
+        older than the trim); the rest from the stream, a page at a time. A stream that
+        does not answer is caught up by the next batches; an archive that cannot be read
+        fails the version (it would serve without acknowledged ratings).
+        """
+        started = time.monotonic()
+        overlay = UserOverlay(point=engine.log_point)
+        from_archive = 0
+        archived = self.archive.last_id if self.archive is not None else None
+        point = engine.log_point
+        if archived is not None and (point is None or entry_key(archived) > entry_key(point)):
+            assert self.archive is not None
+            pages = self.archive.pages(after=point)
+            empty: list[Entry] = []
+            while page := await asyncio.to_thread(next, pages, empty):
+                from_archive += len(overlay.apply_entries(page))
+        try:
+            await overlay.replay(self.rating_log)
+        except Unavailable as exc:  # batches catch up from where this stopped
+            log.warning("rating log not replayed yet for version %s: %s", engine.version, exc)
+        streamed = overlay.replayed
+        self._overlays[engine.identity] = overlay
+        self.replayed = ReplayStats(
+            time.monotonic() - started, from_archive + streamed, from_archive
+        )
+        log.info(
+            "version %s: replayed %d rating-log entries after %s (%d from the archive) in %.2fs",
+            engine.version,
+            self.replayed.entries,
+            point or "the start",
+            from_archive,
+            self.replayed.seconds,
+        )
+
+    # -- UpdateRatings ---------------------------------------------------------------------
+    async def update(self, record: RatingRecord, update_id: str = "") -> UpdateAck:
+        """Validate, log durably (once per ``update_id``), then apply the log's new entries.
+
+        Raises InvalidArgument for a bad update and Unavailable when the log cannot store
+        it: nothing is applied unless the log has it. A movie the serving version does not
+        know is stored all the same (``applied=False``): the next retrain adds it.
         """
         engine = self.holder.require()
-        self._validate(engine, record)
+        self._validate(engine, record, update_id)
         stamped = (
             record
             if record.timestamp
             else RatingRecord(record.user_id, record.movie_id, record.rating, int(time.time()))
         )
-        await self.rating_log.append(stamped)
+        stored = await self.rating_log.append(stamped, update_id)
         # Apply through the log, not directly: every replica then applies the same entries
         # in the same order. Should the read fail now, the entry is stored but not yet
-        # visible here, so the client is told to retry (a repeated rating is harmless).
-        applied = await self.overlay.catch_up(self.rating_log)
+        # visible here, so the client is told to retry (with its update_id, harmlessly).
+        applied = await self.overlay_of(engine).catch_up(self.rating_log)
         for entry in applied:
             if entry.record.user_id == record.user_id:
                 await self._update_cached(engine, entry)
+        known = record.movie_id in engine.movie_index
+        return UpdateAck(stored.entry_id, known, stored.duplicate)
 
     async def _update_cached(self, engine: Engine, entry: Applied) -> None:
         """O(F): move the cached hidden state past one entry by swapping one weight row."""
         user, movie_id = entry.record.user_id, entry.record.movie_id
-        before = CacheKey(self.holder.model, engine.identity, user, entry.generation - 1)
+        before = CacheKey(self.holder.model, engine.identity, user, entry.previous_position)
         movie, level = engine.movie_index.get(movie_id), engine.level_of.get(entry.record.rating)
         if movie is None or level is None:
             return  # logged under a version that knew it; this one skips it (user_ratings too)
@@ -318,36 +411,36 @@ class Recommender:
             else engine.user_ratings(user, {}).level_of(movie)  # a rating from training
         )
         new = await self._on_model_thread(engine.moved_state, cached, movie, level, old_level)
-        after = CacheKey(self.holder.model, engine.identity, user, entry.generation)
+        after = CacheKey(self.holder.model, engine.identity, user, entry.entry_id)
         await self.cache.set_many([(after, new)])
 
-    async def _follow_log(self) -> None:
+    async def _follow_log(self, overlay: UserOverlay) -> None:
         """Apply entries other replicas logged, so this batch sees every acknowledged update."""
         if time.monotonic() < self._log_down_until:
             return
         try:
-            await self.overlay.catch_up(self.rating_log)
+            await overlay.catch_up(self.rating_log)
         except Unavailable as exc:  # answer from what we have; updates refuse meanwhile
             self._log_down_until = time.monotonic() + LOG_RETRY_S
             log.warning("rating log unreachable, serving without new updates: %s", exc)
 
     @staticmethod
-    def _validate(engine: Engine, record: RatingRecord) -> tuple[int, int]:
+    def _validate(engine: Engine, record: RatingRecord, update_id: str) -> None:
         _check_user(record.user_id)
-        movie = engine.movie_index.get(record.movie_id)
-        if movie is None:
-            raise NotFound(f"movie {record.movie_id} is not in model version {engine.version}")
+        if record.movie_id <= 0:
+            raise InvalidArgument(f"movie_id must be positive, got {record.movie_id}")
+        if len(update_id) > MAX_UPDATE_ID:
+            raise InvalidArgument(f"update_id is longer than {MAX_UPDATE_ID} characters")
         level = engine.level_of.get(record.rating) if math.isfinite(record.rating) else None
         if level is None:
             scale = ", ".join(f"{v:g}" for v in engine.ckpt.levels)
             raise InvalidArgument(f"rating {record.rating} is not on the model's scale ({scale})")
         if record.timestamp < 0 or record.timestamp > time.time() + MAX_FUTURE_S:
             raise InvalidArgument(f"timestamp {record.timestamp} is not a sane Unix time")
-        return movie, level
 
     # -- hidden states ---------------------------------------------------------------------
-    def _state(self, engine: Engine, user_id: int) -> _UserState:
-        streamed, generation = self.overlay.get(user_id)
+    def _state(self, engine: Engine, overlay: UserOverlay, user_id: int) -> _UserState:
+        streamed, position = overlay.get(user_id)
         ratings = engine.user_ratings(user_id, streamed)
-        key = CacheKey(self.holder.model, engine.identity, user_id, generation)
+        key = CacheKey(self.holder.model, engine.identity, user_id, position)
         return _UserState(ratings, key)

@@ -262,6 +262,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         A bad update gets ``accepted=false`` and the stream goes on; if an update cannot be
         stored durably the stream ends with UNAVAILABLE, so no unstored update is acked. An
         update that is not a RatingUpdate message at all ends the stream with INVALID_ARGUMENT.
+        A repeated ``update_id`` is acknowledged again (``duplicate``), never logged twice.
         """
         with self.metrics.rpc("UpdateRatings") as call:
             try:
@@ -270,7 +271,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                         update.user_id, update.movie_id, update.rating, update.timestamp
                     )
                     try:
-                        await self.recommender.update(record)
+                        ack = await self.recommender.update(record, update.update_id)
                     except (InvalidArgument, NotFound) as exc:
                         self.metrics.updates.labels("rejected").inc()
                         yield pb.RatingAck(accepted=False, error=str(exc))
@@ -278,8 +279,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                     except ServiceError as exc:
                         self.metrics.updates.labels("unavailable").inc()
                         await self._fail(call, context, exc)
-                    self.metrics.updates.labels("accepted").inc()
-                    yield pb.RatingAck(accepted=True)
+                    outcome = "duplicate" if ack.duplicate else "accepted"
+                    self.metrics.updates.labels(outcome).inc()
+                    yield pb.RatingAck(
+                        accepted=True,
+                        log_id=ack.log_id,
+                        applied=ack.applied,
+                        duplicate=ack.duplicate,
+                    )
             except _Unparsable as exc:
                 await self._fail(call, context, exc)
 

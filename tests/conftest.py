@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.harness.cli import REDIS_URL, TrainedModel, movielens_dir, train_model
-from tests.harness.redis import OwnRedis
+from tests.harness.redis import OwnRedis, delete_keys
 from tests.harness.server import RunningServer, start_server
 
 
@@ -34,12 +34,10 @@ def redis_prefix() -> Iterator[str]:
     """A key prefix of this test session's own on the real Redis; its keys are removed after."""
     client = redis.Redis.from_url(REDIS_URL)
     client.ping()  # .ci/run starts a Redis; fail loudly if none answers
+    client.close()
     prefix = f"rbmrec-test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(REDIS_URL, prefix)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.harness.cli import BIN, REDIS_URL, ROOT, movielens_dir
-from tests.harness.redis import free_port
+from tests.harness.redis import delete_keys, free_port
 
 README = ROOT / "README.md"
 WALKTHROUGH_MARKER = "<!-- walkthrough: tests/cli/test_readme_walkthrough.py"
@@ -142,11 +142,7 @@ def walkthrough_prefix(redis_prefix: str) -> Iterator[str]:
     """A Redis key prefix for the walkthrough alone; its keys are removed after the test."""
     prefix = f"{redis_prefix}-walkthrough"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_keys(REDIS_URL, prefix)
 
 
 # -- the walkthrough, run ---------------------------------------------------------------------

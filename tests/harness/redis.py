@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 30) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout_s``."""
@@ -17,6 +19,15 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    """Remove every key under ``prefix:`` (a test's own keys, after it)."""
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def free_port() -> int:

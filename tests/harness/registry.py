@@ -20,11 +20,14 @@ def copy_registry(trained: TrainedModel, into: Path) -> FileRegistry:
     return FileRegistry(root)
 
 
-def register_copy(registry: FileRegistry, corrupt: str | None = None) -> int:
+def register_copy(
+    registry: FileRegistry, corrupt: str | None = None, rating_log_until: str | None = None
+) -> int:
     """Register version 1's model again as a new version; return its number.
 
     ``corrupt``: "shapes" (a consistent manifest over a model with wrong shapes) or
     "truncated" (half the weight file), broken in a way checksums cannot see.
+    ``rating_log_until``: the rating-log entry the copy claims to have absorbed.
     """
     if corrupt not in (None, "shapes", "truncated"):
         raise ValueError(f"unknown corruption {corrupt!r}")
@@ -42,5 +45,10 @@ def register_copy(registry: FileRegistry, corrupt: str | None = None) -> int:
             data = (d / "model.safetensors").read_bytes()
             (d / "model.safetensors").write_bytes(data[: len(data) // 2])
 
-    meta = VersionMeta(metrics=first.meta.metrics, params=first.meta.params, parent_version=1)
+    meta = VersionMeta(
+        metrics=first.meta.metrics,
+        params=first.meta.params,
+        parent_version=1,
+        rating_log_until=rating_log_until,
+    )
     return registry.register("rbm", write, meta).version

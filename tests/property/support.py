@@ -100,7 +100,7 @@ def update_problems(update: pb.RatingUpdate, catalogue: Catalogue) -> set[str]:
     problems = set()
     if update.user_id <= 0:
         problems.add("user_id")
-    if update.movie_id not in catalogue.known:
+    if update.movie_id <= 0:  # an unknown positive id is stored for the next retrain
         problems.add("movie")
     if update.rating not in catalogue.levels:  # NaN is in no tuple
         problems.add("rating")

@@ -63,7 +63,8 @@ def test_each_update_is_acked_in_order_accepted_exactly_when_valid(
         if problems:
             assert any(word in ack.error for word in problems), (update_, ack.error)
         else:
-            assert ack.error == ""
+            assert ack.error == "" and ack.log_id, (update_, ack)
+            assert ack.applied == (update_.movie_id in catalogue.known), (update_, ack)
 
 
 def test_an_empty_stream_gets_no_acks_and_an_empty_update_is_refused(
@@ -95,9 +96,12 @@ def _long_stream(catalogue: Catalogue, count: int) -> Iterator[tuple[pb.RatingUp
         kind = 0 if i % 100 == 0 else 1 + i % 4
         if kind == 0:
             yield pb.RatingUpdate(**fields), _Expected(True)
-        elif kind == 1:
-            fields["movie_id"] = 10**12 + i
-            yield pb.RatingUpdate(**fields), _Expected(False, f"movie {10**12 + i} ")
+        elif kind == 1:  # an unknown movie would be stored: a non-positive one is refused
+            fields["movie_id"] = -i
+            yield (
+                pb.RatingUpdate(**fields),
+                _Expected(False, f"movie_id must be positive, got {-i}"),
+            )
         elif kind == 2:
             fields["user_id"] = -i
             yield pb.RatingUpdate(**fields), _Expected(False, f"got {-i}")

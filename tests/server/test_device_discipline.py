@@ -23,7 +23,7 @@ from server.engine import Engine
 from server.errors import ServiceError
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.model_holder import ModelHolder
-from server.ratings import RatingRecord, RedisRatingLog, UserOverlay
+from server.ratings import RatingRecord, RedisRatingLog
 from server.recommender import Predicted, PredictJob, Recommender, RecommendJob, Served, Similar
 from tests.harness.cli import REDIS_URL, TrainedModel
 from tests.harness.device_guard import META, DeviceGuard
@@ -113,7 +113,6 @@ def test_serving_pass_never_mixes_devices(
         rec = Recommender(
             holder,
             cache,
-            UserOverlay(),
             RedisRatingLog(client, prefix),
             BatcherConfig(max_batch_size=64),
             worker=ThreadPoolExecutor(1, initializer=guard.__enter__),

@@ -155,7 +155,7 @@ def test_without_redis_recommend_answers_and_updates_are_unavailable_until_it_re
         def cached_in_redis() -> bool:
             recommend(running.stub, 4)
             # user 4's hidden state, whatever identifies the model version in the key
-            return any(client.scan_iter("rbmrec:rbm:h:*:4:0"))
+            return any(client.scan_iter("rbmrec:rbm:h:*:4:base"))
 
         wait_for(cached_in_redis, 15)  # the server uses Redis again, without a restart
         assert metric(running.metrics_url, "rbmrec_cache_backend", backend="redis") == 1.0

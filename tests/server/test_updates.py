@@ -14,7 +14,7 @@ from registry.store import FileRegistry
 from server.batcher import BatcherConfig
 from server.hidden_cache import MemoryHiddenCache
 from server.model_holder import ModelHolder
-from server.ratings import RatingRecord, UserOverlay
+from server.ratings import RatingRecord, Stored
 from server.recommender import Recommender, RecommendJob
 from tests.harness.cli import TrainedModel
 
@@ -26,11 +26,14 @@ class GatedLog:
         self.records: list[RatingRecord] = []
         self.gates: dict[int, asyncio.Event] = {}
 
-    async def append(self, record: RatingRecord) -> str:
+    async def append(self, record: RatingRecord, update_id: str = "") -> Stored:
         gate = self.gates.setdefault(record.movie_id, asyncio.Event())
         await gate.wait()
         self.records.append(record)
-        return f"0-{len(self.records)}"
+        return Stored(f"0-{len(self.records)}")
+
+    async def close(self) -> None:
+        pass
 
     async def read_after(self, last_id: str, count: int) -> list[tuple[str, RatingRecord]]:
         start = int(last_id.partition("-")[2])
@@ -46,8 +49,8 @@ def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
             FileRegistry(trained.registry), "rbm", "production", torch.device("cpu")
         )
         await holder.refresh()
-        cache, log, overlay = MemoryHiddenCache(), GatedLog(), UserOverlay()
-        rec = Recommender(holder, cache, overlay, log, BatcherConfig())
+        cache, log = MemoryHiddenCache(), GatedLog()
+        rec = Recommender(holder, cache, log, BatcherConfig())
         rec.batcher.start()
         engine = holder.require()
         user = 1
@@ -60,7 +63,7 @@ def test_interleaved_updates_of_one_user_leave_an_exact_hidden_state(
         await asyncio.sleep(0.01)
         log.gates[1500].set()
         await asyncio.gather(first, second)
-        final = rec._state(engine, user)
+        final = rec._state(engine, rec.overlay_of(engine), user)
         (cached,) = await cache.get_many([final.key])
         exact = engine.hidden_pre(final.ratings)
         assert cached is not None, "the updates should have kept the cached state"
