@@ -25,8 +25,9 @@ from tests.harness.server import RunningServer, start_server
 
 @pytest.fixture(scope="session")
 def helps() -> dict[str, CliHelp]:
-    """``--help`` of the console scripts the deployment runs, from the real venv."""
-    return {name: cli_help(name) for name in ("rbm-serve", "rbm-train")}
+    """``--help`` of the console scripts (and subcommands) the deployment runs, from the venv."""
+    names = ("rbm-serve", "rbm-train", "rbm-registry gc", "rbm-ratings trim")
+    return {name: cli_help(name) for name in names}
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ KUBERNETES_VERSION = "1.34.0"  # schemas shipped by kubernetes-validate; fixed f
 # project's namespaces (RBMREC_*, REDIS_*) must instead be named by the CLI's --help.
 RUNTIME_ENV = frozenset({"OMP_NUM_THREADS"})
 PROJECT_ENV = re.compile(r"^(RBMREC|REDIS)_")
+# Console scripts whose first argument is a subcommand with flags of its own.
+SUBCOMMANDS = frozenset({"rbm-registry", "rbm-ratings"})
 
 Doc = dict[str, Any]
 
@@ -58,10 +60,13 @@ class CliHelp:
     choices: dict[str, frozenset[str]]
     env: frozenset[str]
     text: str
+    required: frozenset[str] = frozenset()  # flags the usage shows without brackets
+    positionals: tuple[str, ...] = ()  # e.g. ("MODEL",)
 
     @classmethod
     def parse(cls, text: str) -> CliHelp:
-        """Read the usage block's ``[--flag VALUE]`` items and every ``$NAME`` in the text."""
+        """Read the usage block's ``[--flag VALUE]`` items, its required flags and
+        positionals (outside brackets, after the program's name), and every ``$NAME``."""
         usage = text.split("\n\n", 1)[0]
         options: dict[str, bool] = {}
         choices: dict[str, frozenset[str]] = {}
@@ -69,14 +74,30 @@ class CliHelp:
             options[flag] = bool(value)
             if value.startswith("{"):
                 choices[flag] = frozenset(value.strip("{}").split(","))
+        # argparse writes "PROG [-h] ...": what follows the first bracket, brackets removed,
+        # is the required flags (each with its value) and then the positionals.
+        _, bracket, rest = usage.partition("[")
+        words = re.sub(r"\[[^\]]*\]", " ", bracket + rest).split()
+        required, positionals = set(), []
+        while words:
+            word = words.pop(0)
+            if word.startswith("--"):
+                required.add(word)
+                options[word] = bool(words) and not words[0].startswith("-")
+                if options[word]:
+                    words.pop(0)
+            else:
+                positionals.append(word)
         env = frozenset(re.findall(r"\$([A-Z][A-Z0-9_]*)", text))
-        return cls(options, choices, env, text)
+        return cls(options, choices, env, text, frozenset(required), tuple(positionals))
 
 
 def cli_help(name: str) -> CliHelp:
-    """Run the real console script ``name --help`` from the venv and parse it."""
+    """Run the real console script ``name --help`` from the venv and parse it; ``name`` may
+    hold a subcommand (``rbm-registry gc``)."""
+    program, *subcommand = name.split()
     proc = subprocess.run(
-        [str(BIN / name), "--help"],
+        [str(BIN / program), *subcommand, "--help"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -105,19 +126,32 @@ class Invocation:
         return None
 
 
+def split_command(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """(the console script, with its subcommand if it takes one; the arguments after)."""
+    if argv[0] in SUBCOMMANDS and len(argv) > 1:
+        return f"{argv[0]} {argv[1]}", list(argv[2:])
+    return argv[0], list(argv[1:])
+
+
 def check_invocation(inv: Invocation, help_: CliHelp) -> list[str]:
-    """Every flag, flag value and project env var of ``inv`` that ``help_`` does not know."""
+    """Every flag, flag value and project env var of ``inv`` that ``help_`` does not know,
+    every required flag missing and every positional argument too many or missing."""
     problems = []
     args = list(inv.args)
+    given: set[str] = set()
+    positionals = 0
     while args:
         token = args.pop(0)
         if not token.startswith("--"):
-            problems.append(f"{inv.where}: {inv.cli} takes no positional argument {token!r}")
+            positionals += 1
+            if positionals > len(help_.positionals):
+                problems.append(f"{inv.where}: {inv.cli} takes no positional argument {token!r}")
             continue
         name, has_inline, inline = token.partition("=")
         if name not in help_.options:
             problems.append(f"{inv.where}: {inv.cli} has no flag {name}")
             continue
+        given.add(name)
         if not help_.options[name]:
             continue
         value = inline if has_inline else (args.pop(0) if args else None)
@@ -127,6 +161,10 @@ def check_invocation(inv: Invocation, help_: CliHelp) -> list[str]:
             problems.append(
                 f"{inv.where}: {name} {value!r} is not one of {sorted(help_.choices[name])}"
             )
+    for name in sorted(help_.required - given):
+        problems.append(f"{inv.where}: {inv.cli} needs {name}")
+    for name in help_.positionals[positionals:]:
+        problems.append(f"{inv.where}: {inv.cli} needs its {name} argument")
     for name in inv.env:
         if PROJECT_ENV.match(name):
             if name not in help_.env:
@@ -187,7 +225,8 @@ def k8s_invocations(objs: Sequence[Doc]) -> list[Invocation]:
                 env.update({str(k): str(v) for k, v in configmaps[ref["name"]].items()})
             env.update({e["name"]: str(e.get("value", "")) for e in c.get("env", [])})
             where = f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"
-            out.append(Invocation(where, command[0], command[1:] + list(c.get("args", [])), env))
+            cli, args = split_command(command + list(c.get("args", [])))
+            out.append(Invocation(where, cli, args, env))
     return out
 
 
@@ -244,6 +283,5 @@ def compose_invocation(name: str, service: Mapping[str, Any]) -> Invocation:
     assert isinstance(command, list) and command, f"service {name}: give command as a list"
     env = service.get("environment", {})
     assert isinstance(env, dict), f"service {name}: give environment as a mapping"
-    return Invocation(
-        f"compose/{name}", command[0], list(command[1:]), {k: str(v) for k, v in env.items()}
-    )
+    cli, args = split_command([str(c) for c in command])
+    return Invocation(f"compose/{name}", cli, args, {k: str(v) for k, v in env.items()})

@@ -33,26 +33,45 @@ def _listen_port(service: dict[str, Any]) -> int:
     return int(inv.flag("--port") or inv.env.get("RBMREC_PORT") or image_env["RBMREC_PORT"])
 
 
-def test_the_three_services(compose: dict[str, Any]) -> None:
-    assert {"redis", "server", "trainer"} <= set(compose["services"])
+def test_the_four_services(compose: dict[str, Any]) -> None:
+    assert {"redis", "redis-cache", "server", "trainer"} <= set(compose["services"])
     assert {"registry", "redis-data"} <= set(compose["volumes"])
 
 
-def test_redis_is_append_only(compose: dict[str, Any]) -> None:
+def test_the_log_redis_is_append_only_and_never_evicts(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
     argv = _argv(redis["command"])
     assert argv[0] == "redis-server"
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--appendfsync") + 1] == "always", "no acknowledged rating lost"
-    assert argv[argv.index("--maxmemory-policy") + 1].startswith("volatile-")
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction", "the log is never evicted"
     assert _named_volumes(redis)["redis-data"][0] == "/data"
     assert "healthcheck" in redis
+
+
+def test_the_cache_redis_evicts_and_keeps_nothing(compose: dict[str, Any]) -> None:
+    cache = compose["services"]["redis-cache"]
+    argv = [str(a) for a in cache["command"]]  # a list: `--save ""` must stay one empty word
+    assert argv[0] == "redis-server"
+    assert argv[argv.index("--save") + 1] == "", "no RDB snapshots"
+    assert argv[argv.index("--appendonly") + 1] == "no"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert "--maxmemory" in argv
+    assert _named_volumes(cache) == {} and not cache.get("volumes"), "nothing to keep"
+    assert "healthcheck" in cache
+
+
+def test_the_server_gets_both_redis(compose: dict[str, Any]) -> None:
+    env = compose["services"]["server"]["environment"]
+    assert env["REDIS_URL"].startswith("redis://redis:6379/")
+    assert env["RBMREC_CACHE_REDIS_URL"].startswith("redis://redis-cache:6379/")
 
 
 def test_server_waits_for_the_trainer_and_a_healthy_redis(compose: dict[str, Any]) -> None:
     depends = compose["services"]["server"]["depends_on"]
     assert depends["trainer"]["condition"] == "service_completed_successfully"
     assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["redis-cache"]["condition"] == "service_healthy"
 
 
 def test_server_healthcheck_asks_grpc_health_on_its_port(compose: dict[str, Any]) -> None:

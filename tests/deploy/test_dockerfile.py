@@ -111,6 +111,9 @@ def test_every_package_is_copied() -> None:
     assert {"rbm", "registry", "trainer", "server", "ratinglog"} <= packages
     copied = {i.value.split()[0] for i in stage("build") if i.keyword == "COPY"}
     assert packages <= copied, f"not copied into the image: {packages - copied}"
+    # rbm-client imports the client library, a distribution of its own: it is installed too.
+    assert "client" in copied
+    assert re.search(r"pip install [^&]*\./client ", runs("build")), runs("build")
 
 
 def test_movielens_never_enters_the_build_context() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -78,7 +77,7 @@ def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
 
 
 def test_the_validation_is_strict() -> None:
-    deployment = one(base_objects(), "Deployment")
+    deployment = one(base_objects(), "Deployment", "rbmrec-server")
     validate(deployment)
     misspelt = copy.deepcopy(deployment)
     container(misspelt)["readinessProbe"]["grpc"]["portt"] = 50051
@@ -139,7 +138,7 @@ def test_the_objects_the_deployment_needs(rendered: list[Doc]) -> None:
 
 def test_every_container_has_requests_and_limits(rendered: list[Doc]) -> None:
     for obj, spec in workloads(rendered):
-        for c in spec["containers"]:
+        for c in spec["containers"] + spec.get("initContainers", []):
             resources = c.get("resources", {})
             for part in ("requests", "limits"):
                 for what in ("cpu", "memory"):
@@ -194,7 +193,7 @@ def test_flags_and_env_the_containers_pass_exist(
     rendered: list[Doc], helps: dict[str, CliHelp]
 ) -> None:
     invocations = k8s_invocations(rendered)
-    assert {i.cli for i in invocations} == {"rbm-serve", "rbm-train"}
+    assert {i.cli for i in invocations} == set(helps)
     problems = [p for inv in invocations for p in check_invocation(inv, helps[inv.cli])]
     assert problems == []
 
@@ -210,6 +209,21 @@ def test_the_cross_check_catches_what_a_cli_lacks(helps: dict[str, CliHelp]) -> 
     assert len(problems) == 5, problems
     for needle in ("--no-such-flag", "tpu", "stray", "RBMREC_NO_SUCH_VARIABLE", "SOMETHING_ELSE"):
         assert any(needle in p for p in problems), needle
+
+
+def test_the_cross_check_knows_subcommands_and_what_they_require(
+    helps: dict[str, CliHelp],
+) -> None:
+    good = Invocation("test", "rbm-registry gc", ["rbm", "--keep", "3"])
+    assert check_invocation(good, helps["rbm-registry gc"]) == []
+    bad = Invocation("test", "rbm-registry gc", ["--json"])
+    problems = check_invocation(bad, helps["rbm-registry gc"])
+    assert len(problems) == 2, problems
+    assert any("--keep" in p for p in problems) and any("MODEL" in p for p in problems)
+    extra = Invocation("test", "rbm-registry gc", ["rbm", "other", "--keep", "3"])
+    assert check_invocation(extra, helps["rbm-registry gc"]) == [
+        "test: rbm-registry gc takes no positional argument 'other'"
+    ]
 
 
 def test_probes_ask_grpc_health_on_the_port_the_server_listens_on(rendered: list[Doc]) -> None:
@@ -234,8 +248,15 @@ def test_metrics_port_matches(rendered: list[Doc]) -> None:
     assert {p["name"]: p["containerPort"] for p in server["ports"]}["metrics"] == metrics
 
 
-def _mounts(obj: Doc) -> dict[str, tuple[str, bool]]:
-    """claimName -> (mountPath, read-only) for the first container of ``obj``."""
+def _step(obj: Doc, name: str) -> Doc:
+    """The container or init container ``name`` of a workload."""
+    (_, spec) = next(iter(workloads([obj])))
+    (found,) = [c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name]
+    return found  # type: ignore[no-any-return]
+
+
+def _mounts(obj: Doc, name: str | None = None) -> dict[str, tuple[str, bool]]:
+    """claimName -> (mountPath, read-only) for container ``name`` (else the first) of ``obj``."""
     (_, spec) = next(iter(workloads([obj])))
     claims = {
         v["name"]: v["persistentVolumeClaim"]["claimName"]
@@ -243,7 +264,8 @@ def _mounts(obj: Doc) -> dict[str, tuple[str, bool]]:
         if "persistentVolumeClaim" in v
     }
     out = {}
-    for m in spec["containers"][0].get("volumeMounts", []):
+    c = _step(obj, name) if name else spec["containers"][0]
+    for m in c.get("volumeMounts", []):
         if m["name"] in claims:
             out[claims[m["name"]]] = (m["mountPath"], bool(m.get("readOnly", False)))
     return out
@@ -252,10 +274,11 @@ def _mounts(obj: Doc) -> dict[str, tuple[str, bool]]:
 def test_server_and_trainer_share_the_registry(rendered: list[Doc]) -> None:
     invs = {i.cli: i for i in k8s_invocations(rendered)}
     server = _mounts(one(rendered, "Deployment", "rbmrec-server"))
-    trainer = _mounts(one(rendered, "CronJob", "rbmrec-trainer"))
     assert server["rbmrec-registry"] == (invs["rbm-serve"].env["RBMREC_REGISTRY"], True)
     trainer_root = invs["rbm-train"].flag("--registry") or invs["rbm-train"].env["RBMREC_REGISTRY"]
-    assert trainer["rbmrec-registry"] == (trainer_root, False)
+    cronjob = one(rendered, "CronJob", "rbmrec-trainer")
+    for step in ("train", "gc", "trim"):  # each writes it: a version, deletions, the archive
+        assert _mounts(cronjob, step)["rbmrec-registry"] == (trainer_root, False), step
 
 
 def test_trainer_promotes_and_reads_the_servers_rating_log(rendered: list[Doc]) -> None:
@@ -271,28 +294,100 @@ def test_trainer_promotes_and_reads_the_servers_rating_log(rendered: list[Doc]) 
     data = trainer.flag("--data-dir") or trainer.env["RBMREC_DATA"]
     cronjob = one(rendered, "CronJob", "rbmrec-trainer")
     spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    mounts = {m["mountPath"]: m["name"] for m in _step(cronjob, "train")["volumeMounts"]}
     volume = next(v for v in spec["volumes"] if v["name"] == mounts[data])
     assert "emptyDir" in volume, "MovieLens is downloaded per run, never kept in an image"
 
 
-def test_redis_is_append_only_and_evicts_only_the_cache(rendered: list[Doc]) -> None:
+def _redis_argv(obj: Doc) -> list[str]:
+    c = container(obj)
+    return [str(a) for a in c.get("command", []) + c.get("args", [])]
+
+
+def _setting(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _service_url(rendered: list[Doc], workload: Doc, service_name: str) -> str:
+    """redis://SERVICE:PORT/ for a Service that selects ``workload``'s pods on its port."""
+    service = one(rendered, "Service", service_name)
+    assert service["spec"]["selector"].items() <= pod_template_labels(workload).items()
+    port = container(workload)["ports"][0]
+    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], port["containerPort"])
+    return f"redis://{service_name}:{service['spec']['ports'][0]['port']}/"
+
+
+def test_the_log_redis_is_durable_and_never_evicts(rendered: list[Doc]) -> None:
     redis = one(rendered, "StatefulSet", "redis")
-    c = container(redis)
-    argv: list[Any] = c.get("command", []) + c.get("args", [])
-    assert argv[argv.index("--appendonly") + 1] == "yes"
-    assert argv[argv.index("--appendfsync") + 1] == "always", "no acknowledged rating lost"
-    assert argv[argv.index("--maxmemory-policy") + 1].startswith("volatile-")
-    port = c["ports"][0]["containerPort"]
-    service = one(rendered, "Service", "redis")
-    assert service["spec"]["selector"].items() <= pod_template_labels(redis).items()
-    url = server_invocation(rendered).env["REDIS_URL"]
-    svc_port = service["spec"]["ports"][0]["port"]
-    assert url.startswith(f"redis://redis:{svc_port}/"), url
-    assert service["spec"]["ports"][0]["targetPort"] in ("redis", port)
+    argv = _redis_argv(redis)
+    assert _setting(argv, "--appendonly") == "yes"
+    assert _setting(argv, "--appendfsync") == "always", "no acknowledged rating lost"
+    assert _setting(argv, "--maxmemory-policy") == "noeviction", "the log is never evicted"
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {
-        m["name"] for m in c["volumeMounts"]
+        m["name"] for m in container(redis)["volumeMounts"]
     }
+    server = server_invocation(rendered)
+    assert server.env["REDIS_URL"].startswith(_service_url(rendered, redis, "redis"))
+
+
+def test_the_cache_redis_evicts_and_keeps_nothing(rendered: list[Doc]) -> None:
+    cache = one(rendered, "Deployment", "redis-cache")
+    argv = _redis_argv(cache)
+    assert _setting(argv, "--save") == "", "no RDB snapshots"
+    assert _setting(argv, "--appendonly") == "no"
+    assert _setting(argv, "--maxmemory-policy") == "allkeys-lru"
+    assert _setting(argv, "--maxmemory")
+    (_, spec) = next(iter(workloads([cache])))
+    assert not any("persistentVolumeClaim" in v for v in spec.get("volumes", []))
+    server = server_invocation(rendered)
+    url = server.flag("--cache-redis-url") or server.env["RBMREC_CACHE_REDIS_URL"]
+    assert url.startswith(_service_url(rendered, cache, "redis-cache")), url
+    assert url != server.env["REDIS_URL"], "the cache and the log are two Redis"
+
+
+def test_each_redis_admits_only_its_clients(rendered: list[Doc]) -> None:
+    admitted = {}
+    for name in ("redis", "redis-cache"):
+        policy = one(rendered, "NetworkPolicy", name)
+        workload = next(o for o, _ in workloads(rendered) if o["metadata"]["name"] == name)
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= pod_template_labels(workload).items(), name
+        (rule,) = policy["spec"]["ingress"]
+        (peer,) = rule["from"]
+        match = peer["podSelector"]
+        components = set(match.get("matchLabels", {}).values()) - {"rbmrec"}
+        for expr in match.get("matchExpressions", []):
+            components |= set(expr["values"])
+        admitted[name] = components
+    # The trainer reads and trims the log; only the servers use the cache.
+    assert admitted == {"redis": {"server", "trainer"}, "redis-cache": {"server"}}
+
+
+def test_the_trainer_job_retrains_collects_then_trims(rendered: list[Doc]) -> None:
+    cronjob = one(rendered, "CronJob", "rbmrec-trainer")
+    (_, spec) = next(iter(workloads([cronjob])))
+    # Init containers run one after another, each only once the one before succeeded, and
+    # the main container last; with restartPolicy Never a failed step fails the pod.
+    assert spec["restartPolicy"] == "Never"
+    steps = [*spec.get("initContainers", []), *spec["containers"]]
+    assert [c["name"] for c in steps] == ["train", "gc", "trim"]
+    assert [c["command"][0] for c in steps] == ["rbm-train", "rbm-registry", "rbm-ratings"]
+    invs = {i.cli: i for i in k8s_invocations([cronjob])}
+    train, gc, trim = invs["rbm-train"], invs["rbm-registry gc"], invs["rbm-ratings trim"]
+    server = server_invocation(rendered)
+    assert "--promote" in train.args
+    log_url = server.flag("--redis-url") or server.env["REDIS_URL"]
+    assert train.flag("--ratings-log") == log_url
+    model = train.flag("--model") or "rbm"
+    assert gc.args == [model, "--keep", "3"]
+    assert (trim.flag("--redis-url") or trim.env["REDIS_URL"]) == log_url, "the log, not the cache"
+    prefix = server.flag("--redis-prefix") or server.env.get("RBMREC_REDIS_PREFIX", "rbmrec")
+    assert (train.flag("--ratings-log-prefix") or "rbmrec") == prefix
+    assert (trim.flag("--prefix") or "rbmrec") == prefix
+    assert (trim.flag("--model") or "rbm") == model
+    root = train.flag("--registry") or train.env["RBMREC_REGISTRY"]
+    for step in (gc, trim):
+        assert (step.flag("--registry") or step.env["RBMREC_REGISTRY"]) == root, step.where
 
 
 def test_the_cuda_overlay_asks_for_a_gpu() -> None:
@@ -305,6 +400,8 @@ def test_the_cuda_overlay_asks_for_a_gpu() -> None:
     # An ml-25m model during a swap needs 5.3 GB of host memory (docs/scaling.md).
     assert server["resources"]["requests"]["memory"] == "4Gi"
     assert server["resources"]["limits"]["memory"] == "6Gi"
+    train = _step(one(objs, "CronJob", "rbmrec-trainer"), "train")
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == "1", "the train step gets the GPU"
     cpu = container(one(kustomize(K8S), "Deployment", "rbmrec-server"))
     assert cpu["image"].endswith(":cpu")
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
