@@ -4,9 +4,11 @@ For each ml-100k split (and ml-latest-small with ``--small``): ``rbm-train --jso
 and registers the model; a real ``rbm-serve`` then serves it, and a client asks
 ``PredictRatings`` for every test pair and ``Recommend(user, 10)`` for every test user
 with a liked (>= 4) test movie, and scores the answers with ``trainer.evaluate``'s metric
-code. The same version is served a second time with the item-based blend in the ranking
-(``blend_ranking``), and a short load run at concurrency 32 compares the two's requests/s,
-side by side in the same run. Writes ``bench/results/quality.{md,json}``.
+code; the baselines (popularity, item-kNN, EASE with its lambda chosen on validation, ...)
+are the report's, fitted by ``rbm-train`` on the same split. The same version is served a
+second time with the item-based blend in the ranking (``blend_ranking``), and a short load
+run at concurrency 32 compares the two's requests/s, side by side in the same run. Writes
+``bench/results/quality.{md,json}``.
 
     .venv/bin/python bench/quality.py [--splits u1,u2,u3,u4,u5] [--epochs 40] [--small]
 """
@@ -180,18 +182,20 @@ def _gaps(runs: list[dict[str, object]]) -> list[str]:
     """Served minus reported, per split: the report must be what a client gets."""
     lines = [
         "| split | ranking | rmse served − report | ndcg@10 served − report "
-        "| ndcg@10 blend − plain | blend rps ÷ plain rps |",
-        "|---|---|---|---|---|---|",
+        "| ndcg@10 blend − plain | blend rps ÷ plain rps | ease λ |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         served, report, blended = run["served"], run["report"], run["blend_ranking"]
         assert isinstance(served, dict) and isinstance(report, dict) and isinstance(blended, dict)
+        lam = report["baselines"].get("ease", {}).get("lambda")  # chosen on validation
         lines.append(
             f"| {run['dataset']} {run['split']} | {run['ranking']} "
             f"| {served['rmse'] - report['rmse']:+.5f} "
             f"| {served['ndcg@10'] - report['ndcg@10']:+.5f} "
             f"| {blended['ndcg@10'] - served['ndcg@10']:+.4f} "
-            f"| {blended['rps'] / served['rps']:.2f} |"
+            f"| {blended['rps'] / served['rps']:.2f} "
+            f"| {'–' if lam is None else f'{lam:g}'} |"
         )
     return lines
 

@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rbm-train",
         description="Train the softmax RBM on MovieLens, evaluate it against baselines "
-        "(global mean, biases, popularity, item-kNN), register it as a new version and "
+        "(global mean, biases, popularity, item-kNN, EASE), register it as a new version and "
         "optionally promote it.",
         epilog="Exit codes: 0 success, 2 bad usage, 3 data unavailable, 4 training failed, "
         "5 registry error, also when --promote was refused (the version stays registered "
@@ -498,6 +498,8 @@ def _report(
     """The --json report, less ``registered``."""
     report: dict[str, Any] = dict(outcome.metrics)
     report["baselines"] = outcome.baselines
+    if outcome.skipped_baselines:
+        report["baselines_skipped"] = outcome.skipped_baselines
     report |= {
         "dataset": args.dataset,
         "split": args.split,
@@ -522,6 +524,10 @@ def _print_human(report: dict[str, Any]) -> None:
     for name, metrics in rows:
         cells = "".join(f"{metrics[k]:>14.4f}" if k in metrics else f"{'-':>14}" for k in keys)
         print(f"{name:<12}{cells}")
+    if "lambda" in report["baselines"].get("ease", {}):
+        print(f"ease lambda {report['baselines']['ease']['lambda']:g}, chosen on validation")
+    for name, why in report.get("baselines_skipped", {}).items():
+        print(f"{name} left out: {why}")
     if "movies" in report:
         movies = report["movies"]
         print(

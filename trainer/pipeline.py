@@ -7,14 +7,21 @@ checkpoint (``evaluate_models``) on rank 0 only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from rbm.checkpoint import Checkpoint, ItemModel
 from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
-from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
+from trainer.baselines import (
+    EASE,
+    MAX_DENSE_MOVIES,
+    BiasBaseline,
+    ItemKNN,
+    choose_ease_lambda,
+    popularity_scores,
+)
 from trainer.data import Dataset, Ratings, holdout_split
 from trainer.distributed import Communicator, LocalCommunicator
 from trainer.evaluate import ranking_metrics, rating_metrics
@@ -35,7 +42,7 @@ __all__ = [
     "fit_models",
 ]
 
-MAX_KNN_MOVIES = 20_000
+MAX_KNN_MOVIES = MAX_DENSE_MOVIES
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class TrainOutcome:
     baselines: dict[str, dict[str, float]]
     history: list[EpochReport]
     rating_log: LogMerge | None = None  # what merging the rating log did, if one was read
+    skipped_baselines: dict[str, str] = field(default_factory=dict)  # name -> why
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,8 @@ class FittedModels:
     val_ndcg: float
     train: Ratings  # the data set's training part, with the rating log merged in
     rating_log: LogMerge | None
+    fit_part: Ratings  # ``train`` less the validation slice
+    val_part: Ratings  # the validation slice the ranking (and EASE's lambda) is chosen on
 
 
 def fit_models(
@@ -172,7 +182,18 @@ def fit_models(
     ranking, val_ndcg = comm.decide(
         lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)
     )
-    return FittedModels(models, rbm_config, ranking, result, val_rmse, val_ndcg, train_all, merge)
+    return FittedModels(
+        models,
+        rbm_config,
+        ranking,
+        result,
+        val_rmse,
+        val_ndcg,
+        train_all,
+        merge,
+        fit_part,
+        val_part,
+    )
 
 
 def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> TrainOutcome:
@@ -192,11 +213,18 @@ def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> Trai
         "val_ndcg@10": fitted.val_ndcg,
         "best_epoch": float(result.best_epoch),
     }
-    return TrainOutcome(ckpt, metrics, _baselines(ds, fitted), result.history, fitted.rating_log)
+    baselines, skipped = _baselines(ds, fitted)
+    return TrainOutcome(ckpt, metrics, baselines, result.history, fitted.rating_log, skipped)
 
 
-def _baselines(ds: Dataset, fitted: FittedModels) -> dict[str, dict[str, float]]:
-    """Global mean, biases, popularity and item-kNN, fitted on the training part."""
+def _baselines(
+    ds: Dataset, fitted: FittedModels
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Global mean, biases, popularity, item-kNN and EASE, fitted on the training part.
+
+    Also returns the baselines left out, with the reason. EASE's lambda is chosen on the
+    validation slice, fitted on the fitting part, as the RBM's ranking is.
+    """
     ix = Indexer(ds)
     levels_np = np.asarray(ds.levels, dtype=np.float32)
     # Test users unseen in training get empty context rows, as the server's fallback does.
@@ -213,9 +241,18 @@ def _baselines(ds: Dataset, fitted: FittedModels) -> dict[str, dict[str, float]]
             lambda rows: pop.expand(len(rows), -1), context, test, levels_np
         ),
     }
-    if ix.n_movies <= MAX_KNN_MOVIES:  # the dense baseline does not fit larger catalogues
-        knn = ItemKNN.fit(context, ix.n_movies)
-        baselines["item_knn"] = ranking_metrics(
-            lambda rows: knn.scores(context, rows), context, test, levels_np
-        )
-    return baselines
+    if ix.n_movies > MAX_DENSE_MOVIES:  # the dense baselines do not fit larger catalogues
+        why = f"{ix.n_movies} movies > {MAX_DENSE_MOVIES}: a dense movies x movies matrix"
+        return baselines, {"item_knn": why, "ease": why}
+    knn = ItemKNN.fit(context, ix.n_movies)
+    baselines["item_knn"] = ranking_metrics(
+        lambda rows: knn.scores(context, rows), context, test, levels_np
+    )
+    users = fitted.models.train_users
+    fit, val = ix.index(fitted.fit_part, users), ix.index(fitted.val_part, users)
+    choice = choose_ease_lambda(fit, val, ix.n_movies, levels_np)
+    ease = EASE.fit(context, ix.n_movies, choice.lam)  # refitted on the whole training part
+    baselines["ease"] = ranking_metrics(
+        lambda rows: ease.scores(context, rows), context, test, levels_np
+    ) | {"lambda": choice.lam, "val_ndcg@10": choice.val_ndcg[choice.lam]}
+    return baselines, {}

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
 
-from trainer.baselines import BiasBaseline, ItemKNN, popularity_scores
+from trainer.baselines import EASE, BiasBaseline, ItemKNN, choose_ease_lambda, popularity_scores
+from trainer.data import holdout_split, load_dataset
+from trainer.evaluate import ranking_metrics
 from trainer.indexing import IndexedRatings
+from trainer.pipeline import FittedModels, _baselines
+from trainer.train import TrainConfig
 
 # Level index i is the rating i + 1: an implementation that averaged level indices instead
 # of rating values would be off by exactly one everywhere.
@@ -161,3 +170,94 @@ def test_item_knn_scores_sum_the_rated_movies_rows() -> None:
     np.testing.assert_allclose(
         pruned.numpy(), [[0.0, S12, 0.0, 0.0], [S01, S01, 0.0, 0.0]], atol=1e-6
     )
+
+
+# -- EASE ---------------------------------------------------------------------------------
+
+
+def test_ease_on_two_movies_by_hand() -> None:
+    # u0 rated m0 and m1, u1 rated m0:  X = [[1, 1], [1, 0]],  X^T X = [[2, 1], [1, 1]].
+    # lambda = 1:  G = [[3, 1], [1, 2]],  det 5,  P = G^-1 = [[2, -1], [-1, 3]] / 5.
+    # B_ij = -P_ij / P_jj off the diagonal, 0 on it:
+    #   B_01 = (1/5) / (3/5) = 1/3      B_10 = (1/5) / (2/5) = 1/2
+    # Scores x_u B:  u0 [1, 1] -> [1/2, 1/3];  u1 [1, 0] -> [0, 1/3].
+    train = _csr([[(0, 5.0), (1, 1.0)], [(0, 3.0)]])  # the rating values do not matter
+    ease = EASE.fit(train, 2, 1.0)
+    np.testing.assert_allclose(ease.weights.numpy(), [[0.0, 1 / 3], [1 / 2, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(
+        ease.scores(train, np.array([0, 1])).numpy(), [[1 / 2, 1 / 3], [0.0, 1 / 3]], atol=1e-6
+    )
+
+
+# Who rated what, as many users as movies (KNN_TRAIN: X^T X is inverted) and fewer users
+# than movies (X X^T is, through Woodbury's identity): the same closed form either way.
+SQUARE = [[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]]
+WIDE = [[1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 0, 0], [1, 0, 1, 1, 1, 0]]
+
+
+@pytest.mark.parametrize("who", [SQUARE, WIDE], ids=["square", "wide"])
+@pytest.mark.parametrize("lam", [0.5, 10.0, 500.0])
+def test_ease_equals_the_closed_form_computed_directly(who: list[list[int]], lam: float) -> None:
+    # Steck (2019): B = I - P diag(1 / diag(P)), P = (X^T X + lambda I)^-1; its diagonal is
+    # then 1 - P_jj / P_jj = 0. The last movie nobody rated: its column of B is 0.
+    x = np.array(who, dtype=np.float64)
+    m = x.shape[1]
+    p = np.linalg.inv(x.T @ x + lam * np.eye(m))
+    expected = np.eye(m) - p @ np.diag(1 / np.diag(p))
+    train = _csr([[(j, 3.0) for j in np.flatnonzero(row)] for row in x])
+    ease = EASE.fit(train, m, lam)
+    assert ease.lam == lam
+    np.testing.assert_allclose(ease.weights.numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert ease.weights.diagonal().abs().max() == 0.0
+    np.testing.assert_allclose(ease.weights[:, -1].numpy(), 0.0, atol=1e-7)
+    np.testing.assert_allclose(
+        ease.scores(train, np.arange(len(x))).numpy(), x @ expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_ease_lambda_is_the_best_on_validation() -> None:
+    # 30 users x 12 movies, each user's last rated movie held out as liked validation. The
+    # choice must be the grid's best NDCG@10 there, each figure that lambda's own fit's.
+    rng = np.random.default_rng(0)
+    rated = [rng.choice(12, size=5, replace=False).tolist() for _ in range(30)]
+    fit = _csr([[(m, 3.0) for m in r[:-1]] for r in rated])
+    val = _csr([[(r[-1], 5.0)] for r in rated])
+    grid = (0.1, 10.0, 1000.0)
+    choice = choose_ease_lambda(fit, val, 12, LEVELS, grid)
+    assert set(choice.val_ndcg) == set(grid)
+    assert choice.val_ndcg[choice.lam] == max(choice.val_ndcg.values())
+    for lam in grid:
+        ease = EASE.fit(fit, 12, lam)
+        expected = ranking_metrics(partial(ease.scores, fit), fit, val, LEVELS)["ndcg@10"]
+        assert choice.val_ndcg[lam] == pytest.approx(expected)
+
+
+def test_ease_on_ml100k_u1_beats_popularity_and_its_lambda_ignores_the_test_part(
+    movielens: Path,
+) -> None:
+    # The pipeline's baselines on the real u1 split, EASE's lambda chosen on the validation
+    # slice rbm-train uses. A different test part changes the test figures, never lambda.
+    ds = load_dataset("ml-100k", movielens, "u1")
+    cfg = TrainConfig()
+    fit_part, val_part = holdout_split(ds.train, cfg.val_fraction, cfg.seed)
+    fitted = cast(
+        FittedModels,
+        SimpleNamespace(
+            models=SimpleNamespace(train_users=np.unique(ds.train.users)),
+            train=ds.train,
+            fit_part=fit_part,
+            val_part=val_part,
+        ),
+    )
+    baselines, skipped = _baselines(ds, fitted)
+    assert skipped == {}
+    ease = baselines["ease"]
+    assert ease["ndcg@10"] > baselines["popularity"]["ndcg@10"] + 0.1  # measured 0.443 vs 0.245
+    assert ease["ranking_users"] == baselines["popularity"]["ranking_users"]
+    assert ease["lambda"] in (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+
+    half = replace(ds, test=ds.test.take(np.arange(len(ds.test)) % 2 == 0))
+    other, _ = _baselines(half, fitted)
+    assert other["ease"]["ndcg@10"] != ease["ndcg@10"]
+    assert other["ease"]["lambda"] == ease["lambda"]
+    assert other["ease"]["val_ndcg@10"] == ease["val_ndcg@10"]

@@ -15,8 +15,10 @@ def test_train_reports_metrics_and_registers_a_promoted_version(trained: Trained
     assert report["rmse"] < 1.0  # type: ignore[operator]
     baselines = report["baselines"]
     assert isinstance(baselines, dict)
-    assert set(baselines) == {"global_mean", "bias", "popularity", "item_knn"}
+    assert set(baselines) == {"global_mean", "bias", "popularity", "item_knn", "ease"}
     assert baselines["item_knn"]["ndcg@10"] > baselines["popularity"]["ndcg@10"]
+    assert baselines["ease"]["ndcg@10"] > baselines["popularity"]["ndcg@10"]
+    assert "baselines_skipped" not in report
     assert baselines["bias"]["rmse"] < baselines["global_mean"]["rmse"]
     assert report["rmse"] < baselines["bias"]["rmse"], "the RBM must beat the bias baseline"
     assert report["registered"] == {
