@@ -140,15 +140,45 @@ class Engine:
         backend: str = "torch",
         identity: str = "",
         log_point: str | None = None,
+        warm_batch: int = 64,
     ) -> Engine:
-        """Load and check a checkpoint directory, then warm the scoring pass once."""
+        """Load and check a checkpoint directory, then warm the scoring pass once.
+
+        ``warm_batch``: the largest batch the server will run, warmed at that shape.
+        """
         ckpt = load_checkpoint(directory)
         scoring = make_score_pass(backend, ckpt, directory, device)
         side = torch_side(backend, device)
         engine = cls(ckpt, version, side, scoring, backend, identity, log_point)
-        nobody = UserRatings(_EMPTY, _EMPTY)
-        engine.run([-1], [nobody], [TopNQuery(1)])
+        engine.run(*engine._warm_batch(max(1, warm_batch)))
         return engine
+
+    def _warm_batch(
+        self, size: int
+    ) -> tuple[list[int], list[UserRatings], list[Query], list[Tensor | None]]:
+        """One batch of ``size`` rows taking every branch of ``run``, so that the first real
+        batch pays no first-call costs (kernel choice, allocator growth, ONNX shapes).
+
+        Rows mix known and cold users, masked and include_rated top-n, exclude and candidate
+        filters, PredictRatings, and a cache hit beside the misses.
+        """
+        known = next(iter(self.user_row), None)
+        rated = self.user_ratings(known, {}) if known is not None else UserRatings(_EMPTY, _EMPTY)
+        some = tuple(range(min(3, self.n_movies)))
+        kinds: list[Query] = [
+            TopNQuery(10),
+            TopNQuery(10, include_rated=True),
+            TopNQuery(10, exclude=some),
+            TopNQuery(10, candidates=some),
+            PredictQuery(some),
+        ]
+        users = [known if known is not None and b % 3 else -1 for b in range(size)]
+        ratings = [rated if u != -1 else UserRatings(_EMPTY, _EMPTY) for u in users]
+        queries = [kinds[b % len(kinds)] for b in range(size)]
+        cached: list[Tensor | None] = [None] * size
+        if size > 1 and len(rated):  # one hit, so the hit/miss merge runs too
+            cached[1] = self.hidden_pre(rated)
+        return users, ratings, queries, cached
 
     @torch.inference_mode()
     def similar(self, movie: int, n: int) -> Neighbours:

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import itertools
 import json
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import sys
@@ -41,7 +43,7 @@ from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
 from server.logs import configure_logging, redact_url
 from server.metrics import Metrics, ServerState
-from server.model_holder import WAIT_WARNING_S, ModelHolder
+from server.model_holder import LOAD_TIMEOUT_S, WAIT_WARNING_S, ModelHolder
 from server.ratings import NoRatingLog, RatingLog, RedisRatingLog
 from server.recommender import Recommender
 from server.service import RecommenderService, add_to_server
@@ -147,7 +149,8 @@ class ServerConfig:
         4096,
         "--max-concurrent-rpcs",
         "RBMREC_MAX_CONCURRENT_RPCS",
-        "RPCs (UpdateRatings streams included) in progress at once; beyond it, RESOURCE_EXHAUSTED",
+        "RPCs (UpdateRatings streams included) in progress at once; beyond it, "
+        "RESOURCE_EXHAUSTED; 0: no bound",
     )
     max_connection_age_s: float = _option(
         300.0,
@@ -170,6 +173,26 @@ class ServerConfig:
     )
     poll_interval_s: float = _option(
         1.0, "--poll-interval", "RBMREC_POLL_INTERVAL", "seconds between checks of the alias"
+    )
+    poll_jitter: float = _option(
+        0.5,
+        "--poll-jitter",
+        "RBMREC_POLL_JITTER",
+        "each wait between checks is the interval times a random factor in [1-J, 1+J], and "
+        "the first is random too, so replicas started together reload at different times",
+    )
+    poll_seed: int | None = _option(
+        None,
+        "--poll-seed",
+        "RBMREC_POLL_SEED",
+        "seed of that randomness, for tests; none: a fresh one",
+    )
+    load_timeout_s: float = _option(
+        LOAD_TIMEOUT_S,
+        "--load-timeout-s",
+        "RBMREC_LOAD_TIMEOUT_S",
+        "a version whose load and rating-log replay take longer is abandoned (the old one "
+        "keeps serving) and retried later",
     )
     warn_interval_s: float = _option(
         WAIT_WARNING_S,
@@ -259,10 +282,14 @@ class ServerConfig:
             raise ValueError(f"cache capacity must be >= 1, got {self.cache_capacity}")
         if not math.isfinite(self.poll_interval_s) or self.poll_interval_s <= 0:
             raise ValueError(f"poll interval must be a number > 0, got {self.poll_interval_s}")
+        if not (math.isfinite(self.poll_jitter) and 0 <= self.poll_jitter < 1):
+            raise ValueError(f"poll jitter must be in [0, 1), got {self.poll_jitter}")
+        if not math.isfinite(self.load_timeout_s) or self.load_timeout_s <= 0:
+            raise ValueError(f"load timeout must be a number > 0, got {self.load_timeout_s}")
         if not math.isfinite(self.warn_interval_s) or self.warn_interval_s <= 0:
             raise ValueError(f"warn interval must be a number > 0, got {self.warn_interval_s}")
-        if self.max_concurrent_rpcs < 1:
-            raise ValueError(f"max concurrent RPCs must be >= 1, got {self.max_concurrent_rpcs}")
+        if self.max_concurrent_rpcs < 0:
+            raise ValueError(f"max concurrent RPCs must be >= 0, got {self.max_concurrent_rpcs}")
         for name, value in (
             ("max connection age", self.max_connection_age_s),
             ("max connection age grace", self.max_connection_age_grace_s),
@@ -446,14 +473,25 @@ class _App:
             await self.health.set(name, status)
 
     async def follow_alias(
-        self, interval_s: float, on_first: Callable[[], None] = lambda: None
+        self,
+        interval_s: float,
+        on_first: Callable[[], None] = lambda: None,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         """Reload when the registry alias moves (cancel the task to stop).
 
         ``on_first`` is called once a server that started with no version loads its first.
+        Polls are ``poll_delays(interval_s, jitter, rng)`` apart, on deadlines (no drift).
         """
-        while True:
-            await asyncio.sleep(interval_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        log.info("following the alias: polls every %gs +- %g%%", interval_s, jitter * 100)
+        for delay in poll_delays(interval_s, jitter, rng):
+            # On deadlines, so the polls keep the schedule the seed drew; after a refresh
+            # that overran (a load), the schedule goes on from now.
+            deadline = max(deadline + delay, loop.time())
+            await asyncio.sleep(deadline - loop.time())
             try:
                 had_one = self.holder.engine is not None
                 if await self.holder.refresh():
@@ -464,6 +502,23 @@ class _App:
                 await self.observe_log()
             except Exception:  # a surprise must not end following the alias for good
                 log.exception("following the alias failed; trying again")
+
+
+def poll_delays(
+    interval_s: float, jitter: float, rng: random.Random | None = None
+) -> Iterator[float]:
+    """Seconds between alias checks: interval x U[1-j, 1+j], the first U[0, interval x (1+j)].
+
+    The random first wait spreads replicas that start together (a rollout) over a whole
+    interval; the jitter keeps them from falling back into step.
+    """
+    if jitter == 0:
+        yield from itertools.repeat(interval_s)
+        return
+    rng = rng or random.Random()
+    yield rng.uniform(0, interval_s * (1 + jitter))
+    while True:
+        yield interval_s * rng.uniform(1 - jitter, 1 + jitter)
 
 
 def settle_heap() -> None:
@@ -488,6 +543,8 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
         config.torch_device(),
         config.backend,
         warn_every_s=config.warn_interval_s,
+        load_timeout_s=config.load_timeout_s,
+        warm_batch=config.max_batch_size,
     )
     cache, rating_log, where = await _storage(config)
     batching = BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue)
@@ -645,7 +702,7 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     server = grpc.aio.server(
         interceptors=interceptors,
         options=channel_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
     app = await _build(config, server)
     address = _host_port(config.host, _bind(server, config, security))
@@ -659,7 +716,12 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     settle_heap()
     await app.set_health()
     watcher = asyncio.create_task(
-        app.follow_alias(config.poll_interval_s, lambda: _print_serving(app, config, address)),
+        app.follow_alias(
+            config.poll_interval_s,
+            lambda: _print_serving(app, config, address),
+            config.poll_jitter,
+            random.Random(config.poll_seed),
+        ),
         name="alias-watcher",
     )
     shown = {**dataclasses.asdict(config), "redis_url": redact_url(config.redis_url)}

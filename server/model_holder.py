@@ -4,6 +4,11 @@ When the alias moves, the new version is verified (checksums), loaded and warmed
 event loop, then swapped in with one assignment. A version that fails is refused and the
 old one keeps serving; the refusal is logged and kept for health details and metrics.
 
+A refusal is retried when its cause can pass: a transient one (the disk, a timeout, the
+rating log unreachable) on a later poll after an exponential backoff, a permanent one
+(corrupt files, wrong shapes) once the version's files change (repaired in place) or the
+alias moves. A load slower than ``load_timeout_s`` is abandoned, and counts as transient.
+
 Until a first version loads, the holder says what it waits for and where it looked (the
 registry folder, the model, the alias, and why nothing is there) in a WARNING at the first
 poll and again every ``warn_every_s`` seconds, so a server with nothing to serve is never
@@ -15,23 +20,82 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from rbm.checkpoint import TENSORS_FILE
 from registry.errors import ErrorCode, RegistryError
-from registry.store import ENV_VAR, FileRegistry
+from registry.store import ENV_VAR, VERSIONS_DIR, FileRegistry
 from server.engine import Engine
-from server.errors import NotReady
+from server.errors import NotReady, Unavailable
 
-__all__ = ["WAIT_WARNING_S", "ModelHolder", "ReloadStatus"]
+__all__ = [
+    "LOAD_TIMEOUT_S",
+    "WAIT_WARNING_S",
+    "Backoff",
+    "ModelHolder",
+    "ReloadStatus",
+    "files_fingerprint",
+    "is_transient",
+]
 
 log = logging.getLogger(__name__)
 
 WAIT_WARNING_S = 30.0  # while nothing is served, the reason is logged again this often
+LOAD_TIMEOUT_S = 600.0  # a load and replay slower than this is abandoned (ml-25m takes ~1 min)
+
+# Registry codes whose cause may pass by itself: the disk refused, or a version being written.
+_TRANSIENT_CODES = (ErrorCode.IO_ERROR, ErrorCode.NOT_FOUND)
+Fingerprint = tuple[tuple[str, int, int, int], ...]  # (name, size, mtime_ns, inode) per file
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds to wait before retrying a transient failure: first_s, doubling, up to cap_s."""
+
+    first_s: float = 1.0
+    cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.first_s <= self.cap_s and math.isfinite(self.cap_s)):
+            raise ValueError(f"backoff needs 0 < first <= cap, got {self.first_s}, {self.cap_s}")
+
+    def delay(self, attempts: int) -> float:
+        """The wait after the ``attempts``-th failure in a row (1, 2, ...)."""
+        return float(min(self.cap_s, self.first_s * 2.0 ** min(attempts - 1, 62)))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a load failure may pass if retried (I/O, a timeout, the rating log away)."""
+    if isinstance(exc, RegistryError):
+        return exc.code in _TRANSIENT_CODES
+    return isinstance(exc, OSError | TimeoutError | Unavailable)
+
+
+def files_fingerprint(directory: Path) -> Fingerprint:
+    """What changes when a version's files are rewritten in place: their sizes, times, inodes."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        stats = [(e.name, e.stat()) for e in entries if e.is_file()]
+    except OSError:
+        return ()
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refused version and when it may be tried again."""
+
+    version: str
+    transient: bool
+    attempts: int  # failures in a row of this version
+    retry_at: float  # transient: the clock time of the next try
+    files: Fingerprint  # permanent: retried once the files differ from these
 
 
 @dataclass
@@ -56,9 +120,18 @@ class ModelHolder:
         backend: str = "torch",
         warn_every_s: float = WAIT_WARNING_S,
         clock: Callable[[], float] = time.monotonic,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
+        backoff: Backoff = Backoff(),
+        warm_batch: int = 64,
     ) -> None:
         if not math.isfinite(warn_every_s) or warn_every_s <= 0:
             raise ValueError(f"warning interval must be a number > 0, got {warn_every_s}")
+        if not math.isfinite(load_timeout_s) or load_timeout_s <= 0:
+            raise ValueError(f"load timeout must be a number > 0, got {load_timeout_s}")
+        self.load_timeout_s = load_timeout_s
+        self.backoff = backoff
+        self.warm_batch = warm_batch  # the server's largest batch: warmed at that shape
+        self._refusal: _Refusal | None = None
         self.registry = registry
         self.model = model
         self.alias = alias
@@ -96,6 +169,7 @@ class ModelHolder:
             self.backend,
             identity,
             log_point=info.meta.rating_log_until,
+            warm_batch=self.warm_batch,
         )
 
     @property
@@ -117,25 +191,46 @@ class ModelHolder:
         current = self.engine.version if self.engine else None
         if str(target) == current:
             return False
-        if str(target) == self.status.refused_version:
+        refusal = self._refusal if self._refusal and self._refusal.version == str(target) else None
+        if refusal is not None and not self._may_retry(refusal, target):
             self._still_waiting(self.status.last_error)
             return False
+        files = files_fingerprint(self._version_dir(target))  # before: a repair mid-load counts
+        log.info("loading %s version %s (%s alias)", self.model, target, self.alias)
         try:
-            engine = await asyncio.to_thread(self._load, target)
-            if self.prepare is not None:
-                await self.prepare(engine)
+            # The thread cannot be killed: on a timeout its engine is dropped when it arrives.
+            engine = await asyncio.wait_for(self._load_and_prepare(target), self.load_timeout_s)
         except Exception as exc:  # any failure to load must leave the old version serving
-            self._refuse(str(target), f"version {target} refused: {exc}")
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"load and replay took over {self.load_timeout_s:g}s")
+            self._refuse(str(target), exc, files, refusal.attempts + 1 if refusal else 1)
             self._still_waiting(self.status.last_error, already_said=True)
             return False
         self.engine = engine
         self.status.reloads += 1
         self.status.refused_version = self.status.last_error = ""
+        self._refusal = None
         self._warned = None
         log.info(
             "serving %s version %s (%s alias) on %s", self.model, target, self.alias, engine.where
         )
         return True
+
+    async def _load_and_prepare(self, version: int) -> Engine:
+        engine = await asyncio.to_thread(self._load, version)
+        if self.prepare is not None:
+            await self.prepare(engine)
+        return engine
+
+    def _version_dir(self, version: int) -> Path:
+        # Where FileRegistry keeps a version; only stat-ed, to notice a repair in place.
+        return self.registry.root / self.model / VERSIONS_DIR / str(version)
+
+    def _may_retry(self, refusal: _Refusal, version: int) -> bool:
+        """A transient refusal once its backoff has passed; a permanent one once files change."""
+        if refusal.transient:
+            return self._clock() >= refusal.retry_at
+        return files_fingerprint(self._version_dir(version)) != refusal.files
 
     def _why_missing(self, exc: RegistryError | None) -> str:
         """Why the alias names no version: ``exc`` from reading it, None if it is not set."""
@@ -178,12 +273,20 @@ class ModelHolder:
                 self.warn_every_s,
             )
 
-    def _refuse(self, version: str, message: str) -> None:
+    def _refuse(self, version: str, exc: Exception, files: Fingerprint, attempts: int) -> None:
+        transient = is_transient(exc)
+        wait = self.backoff.delay(attempts)
+        self._refusal = _Refusal(version, transient, attempts, self._clock() + wait, files)
         self.status.failures += 1
         self.status.refused_version = version
-        self.status.last_error = message
+        self.status.last_error = message = f"version {version} refused: {exc}"
         serving = self.engine.version if self.engine else "none"
-        log.error("%s; still serving version %s", message, serving)
+        retry = (
+            f"retrying in {wait:g}s (attempt {attempts})"
+            if transient
+            else "retried once its files change or the alias moves"
+        )
+        log.error("%s; still serving version %s; %s", message, serving, retry)
 
     def _note(self, message: str) -> None:
         # Polling repeats the same problem every second: log it once, not every poll. While

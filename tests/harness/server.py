@@ -58,6 +58,7 @@ class RunningServer:
     metrics_url: str = ""  # set when the server was started with --metrics-port
     log: str = ""  # the server's stderr, filled in when it has stopped
     stdout: str = ""  # the server's stdout, filled in when it has stopped
+    log_path: Path | None = None  # the server's stderr file, to read while it runs
 
     @property
     def output(self) -> str:
@@ -127,7 +128,9 @@ def start_server(
             raise AssertionError(f"rbm-serve did not start (exit {proc.returncode}):\n{_read(err)}")
         channel = grpc.insecure_channel(bound.address)
         stub = pb_grpc.RecommenderStub(channel)
-        running = RunningServer(proc, bound.address, channel, stub, bound.metrics or "")
+        running = RunningServer(
+            proc, bound.address, channel, stub, bound.metrics or "", log_path=Path(err.name)
+        )
         try:
             yield running
         finally:

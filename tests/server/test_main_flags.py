@@ -205,3 +205,21 @@ def test_serve_returns_the_address_it_bound(tmp_path: Path) -> None:
         out, err = _stop(proc)
     assert proc.returncode == 0, err
     assert out.splitlines()[-1] == f"returned {bound.address}"
+
+
+def test_connection_limits_reach_grpc_core_and_are_validated() -> None:
+    options = dict(server.main.channel_options(ServerConfig(max_connection_age_s=120)))
+    assert options["grpc.max_connection_age_ms"] == 120_000
+    assert options["grpc.max_connection_age_grace_ms"] == 30_000
+    assert options["grpc.keepalive_time_ms"] == 60_000 and options["grpc.so_reuseport"] == 0
+    never = dict(server.main.channel_options(ServerConfig(max_connection_age_s=0)))
+    assert "grpc.max_connection_age_ms" not in never  # 0: connections are never aged out
+    ServerConfig(max_concurrent_rpcs=0)  # 0: no bound
+    for bad in (
+        {"max_concurrent_rpcs": -1},
+        {"max_connection_age_s": -1.0},
+        {"max_connection_age_grace_s": float("nan")},
+        {"keepalive_s": 0.0},
+    ):
+        with pytest.raises(ValueError, match="must be"):
+            ServerConfig(**bad)
