@@ -300,7 +300,7 @@ class Engine:
         """Scores, movie indices and predicted ratings of the top-n rows: each (R, k)."""
         all_rows = len(plan.top_rows) == len(plan.queries)
         scores = scored.scores if all_rows else scored.scores[inputs.top_rows]  # (R, M)
-        if plan.any_cold:
+        if any(plan.cold):
             cold = inputs.cold.bool().unsqueeze(1)
             scores = torch.where(cold, self.popularity.expand_as(scores), scores)
         if plan.any_masked:
@@ -360,7 +360,6 @@ class _Plan:
     predict_rows: list[int]
     k: int  # how many movies the top-n rows take from the pass
     cold: list[bool]  # per top-n row: a user without ratings, answered by popularity
-    any_cold: bool
     any_masked: bool  # some top-n row leaves movies out (rated, excluded, not a candidate)
     any_candidates: bool
     host: list[Tensor]  # the int64 inputs, in _DeviceInputs's order
@@ -415,7 +414,6 @@ class _Plan:
             predict_rows=[b for b, _ in predict],
             k=min(max((q.n for _, q in tops), default=1), engine.n_movies),
             cold=cold,
-            any_cold=any(cold),
             any_masked=any(m.numel() for m in left_out) or bool(with_candidates),
             any_candidates=bool(with_candidates),
             host=host,

@@ -195,15 +195,13 @@ class UserOverlay:
     positions: dict[int, str] = field(default_factory=dict)
     last_id: str = START
     replayed: int = 0  # entries applied by replay(), for metrics
+    # Ratings held (one per user and movie), counted as they come: /metrics reads it from
+    # its own thread, where walking the dicts the event loop grows could fail mid-way.
+    entries: int = 0
 
     def __post_init__(self) -> None:
         if self.point is not None and entry_key(self.point) > entry_key(self.last_id):
             self.last_id = self.point
-
-    @property
-    def entries(self) -> int:
-        """Ratings held (one per user and movie)."""
-        return sum(len(r) for r in self.ratings.values())
 
     def get(self, user_id: int) -> tuple[dict[int, float], str]:
         """The user's streamed ratings {movie id: rating} and its position."""
@@ -217,6 +215,8 @@ class UserOverlay:
                 continue  # a concurrent read got here first (or the version absorbed it)
             user = self.ratings.setdefault(record.user_id, {})
             previous = user.get(record.movie_id)
+            if record.movie_id not in user:
+                self.entries += 1
             user[record.movie_id] = record.rating
             position = self.positions.get(record.user_id, "")
             self.positions[record.user_id] = entry_id
