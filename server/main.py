@@ -17,6 +17,7 @@ import socket
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,8 +40,10 @@ from server.auth import TokenAuth, load_token
 from server.backends import BACKENDS, onnx_providers
 from server.batcher import BatcherConfig
 from server.cache_client import connect_cache
+from server.canary import Router, Split
 from server.errors import Unavailable
 from server.hidden_cache import HiddenCache, MemoryHiddenCache, RedisHiddenCache
+from server.impressions import ImpressionConfig, ImpressionSink, NoImpressions, RedisImpressions
 from server.logs import configure_logging, redact_url
 from server.metrics import Metrics, ServerState
 from server.model_holder import LOAD_TIMEOUT_S, WAIT_WARNING_S, ModelHolder
@@ -187,6 +190,37 @@ class ServerConfig:
         "RBMREC_POLL_SEED",
         "seed of that randomness, for tests; none: a fresh one",
     )
+    swap_spread_s: float = _option(
+        5.0,
+        "--swap-spread-s",
+        "RBMREC_SWAP_SPREAD_S",
+        "after seeing an alias move, wait a random time up to this before loading the new "
+        "version, so that a fleet's loads spread out; a first version loads at once",
+    )
+    canary_alias: str | None = _option(
+        None,
+        "--canary-alias",
+        "RBMREC_CANARY_ALIAS",
+        "also serve the version this alias points to, to --canary-percent of users (a stable "
+        "hash of the user id); while it is unset or not loaded, every user gets --alias's",
+        metavar="ALIAS",
+    )
+    canary_percent: float = _option(
+        10.0, "--canary-percent", "RBMREC_CANARY_PERCENT", "share of users the canary answers"
+    )
+    online_max_entries: int = _option(
+        1_000_000,
+        "--online-max-entries",
+        "RBMREC_ONLINE_MAX_ENTRIES",
+        "impressions (what each version recommended to whom) kept in Redis for "
+        "rbm-ratings online, at most; 0: none recorded",
+    )
+    online_retention_h: float = _option(
+        168.0,
+        "--online-retention-h",
+        "RBMREC_ONLINE_RETENTION_H",
+        "impressions older than this many hours are dropped",
+    )
     load_timeout_s: float = _option(
         LOAD_TIMEOUT_S,
         "--load-timeout-s",
@@ -301,6 +335,7 @@ class ServerConfig:
         if self.torch_threads < 1:
             raise ValueError(f"torch threads must be >= 1, got {self.torch_threads}")
         _check_names(self.model, self.alias)
+        self._check_rollout()
         if self.cache == "redis":
             _check_redis_url(self.redis_url)
             if self.cache_redis_url is not None:
@@ -309,6 +344,19 @@ class ServerConfig:
         check_pair(self.tls_cert, self.tls_key)
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    def _check_rollout(self) -> None:
+        if not math.isfinite(self.swap_spread_s) or self.swap_spread_s < 0:
+            raise ValueError(f"swap spread must be a number >= 0, got {self.swap_spread_s}")
+        Split(self.canary_percent if math.isfinite(self.canary_percent) else -1.0)
+        if self.canary_alias is not None:
+            _check_names(self.model, self.canary_alias)
+            if self.canary_alias == self.alias:
+                raise ValueError(f"--canary-alias must differ from --alias ({self.alias!r})")
+        if self.online_max_entries < 0:
+            raise ValueError(f"online max entries must be >= 0, got {self.online_max_entries}")
+        if not math.isfinite(self.online_retention_h) or self.online_retention_h <= 0:
+            raise ValueError(f"online retention must be > 0 hours, got {self.online_retention_h}")
 
     def torch_device(self) -> torch.device:
         """The device to serve on."""
@@ -427,16 +475,25 @@ class _App:
 
     holder: ModelHolder
     cache: HiddenCache
-    recommender: Recommender
+    recommender: Recommender  # the stable version's
+    router: Router
     metrics: Metrics
     health: Any  # grpc_health's aio HealthServicer (untyped)
+    impressions: ImpressionSink = field(default_factory=NoImpressions)
     log_length: int = -1
     log_lag: int = 0
+
+    @property
+    def recommenders(self) -> list[Recommender]:
+        """One per version served: the stable one, then the canary's if there is one."""
+        return [arm.recommender for arm in self.router.arms]
 
     def state(self) -> ServerState:
         """Live counters for /metrics."""
         stats, status, engine = self.cache.stats, self.holder.status, self.holder.engine
         overlay = self.recommender.built_overlay(engine) if engine else None
+        canary = self.router.canary
+        canary_engine = canary.recommender.holder.engine if canary else None
         return ServerState(
             cache_hits=stats.hits,
             cache_misses=stats.misses,
@@ -444,7 +501,7 @@ class _App:
             cache_backend=self.cache.backend,
             reloads=status.reloads,
             reload_failures=status.failures,
-            queue_depth=self.recommender.batcher.depth,
+            queue_depth=sum(r.batcher.depth for r in self.recommenders),
             model_version=engine.version if engine else "",
             overlay_users=len(overlay.ratings) if overlay else 0,
             overlay_ratings=overlay.entries if overlay else 0,
@@ -452,6 +509,10 @@ class _App:
             log_lag=self.log_lag,
             replay_seconds=self.recommender.replayed.seconds,
             replay_entries=self.recommender.replayed.entries,
+            canary_version=canary_engine.version if canary_engine else "",
+            canary_percent=self.router.split.percent if canary_engine else 0.0,
+            impressions_written=self.impressions.written,
+            impressions_dropped=self.impressions.dropped,
         )
 
     async def observe_log(self) -> None:
@@ -500,6 +561,11 @@ class _App:
                     settle_heap()
                     if not had_one:
                         on_first()
+                # The canary only while a stable version serves: loads one at a time, and a
+                # server never answers with a canary alone.
+                canary = self.router.canary
+                if had_one and canary and await canary.recommender.holder.refresh():
+                    settle_heap()
                 await self.set_health()
                 await self.observe_log()
             except Exception:  # a surprise must not end following the alias for good
@@ -536,18 +602,36 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
-    registry = FileRegistry(resolve_root(config.registry))
-    holder = ModelHolder(
+def swap_rng(seed: int | None) -> random.Random:
+    """The randomness of the swap spread: seeded by --poll-seed, apart from the polls'."""
+    return random.Random(None if seed is None else f"swap-spread:{seed}")
+
+
+def _holder(config: ServerConfig, registry: FileRegistry, alias: str, canary: bool) -> ModelHolder:
+    return ModelHolder(
         registry,
         config.model,
-        config.alias,
+        alias,
         config.torch_device(),
         config.backend,
         warn_every_s=config.warn_interval_s,
         load_timeout_s=config.load_timeout_s,
         warm_batch=config.max_batch_size,
+        spread_s=config.swap_spread_s,
+        rng=swap_rng(config.poll_seed),
+        optional=canary,
     )
+
+
+def _impressions(config: ServerConfig, rating_log: RatingLog) -> ImpressionSink:
+    if not isinstance(rating_log, RedisRatingLog) or config.online_max_entries == 0:
+        return NoImpressions()
+    bounds = ImpressionConfig(config.online_max_entries, config.online_retention_h * 3600)
+    return RedisImpressions(rating_log.client, config.redis_prefix, bounds)
+
+
+async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
+    registry = FileRegistry(resolve_root(config.registry))
     cache, rating_log, where = await _storage(config)
     batching = BatcherConfig(config.max_batch_size, config.max_batch_wait_us, config.max_queue)
     archive = (
@@ -555,13 +639,26 @@ async def _build(config: ServerConfig, server: grpc.aio.Server) -> _App:
         if isinstance(rating_log, RedisRatingLog)
         else None
     )
-    recommender = Recommender(holder, cache, rating_log, batching, archive=archive)
-    holder.prepare = recommender.prepare  # a version is served once its overlay is built
     metrics = Metrics()
-    recommender.batcher.on_batch = metrics.batch_size.observe
-    app = _App(holder, cache, recommender, metrics, health.aio.HealthServicer())  # type: ignore[attr-defined]
+    # One model thread for every version served: their passes take turns, never cores.
+    worker = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    def recommender(alias: str, canary: bool) -> Recommender:
+        holder = _holder(config, registry, alias, canary)
+        made = Recommender(holder, cache, rating_log, batching, worker, archive)
+        holder.prepare = made.prepare  # a version is served once its overlay is built
+        made.batcher.on_batch = metrics.batch_size.observe
+        return made
+
+    stable = recommender(config.alias, canary=False)
+    canary = recommender(config.canary_alias, canary=True) if config.canary_alias else None
+    impressions = _impressions(config, rating_log)
+    split = Split(config.canary_percent if canary else 0.0)
+    router = Router(stable, canary, split, impressions, metrics)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    app = _App(stable.holder, cache, stable, router, metrics, health_servicer, impressions)
     metrics.watch(app.state)
-    add_to_server(RecommenderService(recommender, config.model, config.alias, metrics), server)
+    add_to_server(RecommenderService(router, config.model, config.alias, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -710,7 +807,9 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
     address = _host_port(config.host, _bind(server, config, security))
     metrics_url = _serve_metrics(app, config)
     await server.start()
-    app.recommender.batcher.start()
+    for recommender in app.recommenders:
+        recommender.batcher.start()
+    flusher = asyncio.create_task(app.impressions.run(), name="impressions")
     # Bound and answering health NOT_SERVING while the first version loads and replays the
     # rating log after its point (bounded by what came since the last retrain); then SERVING.
     await app.set_health()
@@ -743,7 +842,10 @@ async def serve(config: ServerConfig, security: Security | None = None) -> str:
         await app.health.enter_graceful_shutdown()
         await server.stop(config.grace_s)
         watcher.cancel()
-        await app.recommender.close()
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)  # its last flush, then closed
+        for recommender in reversed(app.recommenders):
+            await recommender.close()
         await app.cache.close()
         await app.recommender.rating_log.close()
         if address_file:  # the address is no longer served: a stale file would mislead

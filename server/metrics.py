@@ -42,6 +42,10 @@ class ServerState:
     log_lag: int = 0  # entries after this replica's position, at the last look (capped)
     replay_seconds: float = 0.0  # building the served version's overlay took this long
     replay_entries: int = 0
+    canary_version: str = ""  # "" while no canary is served
+    canary_percent: float = 0.0
+    impressions_written: int = 0
+    impressions_dropped: int = 0
 
 
 class _StateCollector(Collector):
@@ -85,6 +89,21 @@ class _StateCollector(Collector):
         )
         for name, doc, amount in gauges:
             yield GaugeMetricFamily(name, doc, value=amount)
+        canary = GaugeMetricFamily(
+            "rbmrec_canary_version_info", "the canary version being served", labels=["version"]
+        )
+        if s.canary_version:
+            canary.add_metric([s.canary_version], 1)
+        yield canary
+        yield GaugeMetricFamily(
+            "rbmrec_canary_percent", "share of users sent to the canary", value=s.canary_percent
+        )
+        impressions = CounterMetricFamily(
+            "rbmrec_impressions", "Recommend answers for the online evaluation", labels=["result"]
+        )
+        impressions.add_metric(["written"], s.impressions_written)
+        impressions.add_metric(["dropped"], s.impressions_dropped)
+        yield impressions
 
 
 class _LoopCollector(Collector):
@@ -140,9 +159,22 @@ class Metrics:
             "rbmrec_batch_size", "requests per model pass", buckets=_BATCH_BUCKETS, registry=r
         )
         self.updates = Counter("rbmrec_rating_updates", "rating updates", ["result"], registry=r)
+        # Per version and arm (stable or canary), so that a canary's latency and volume sit
+        # beside production's; versions served by one process are few, so the labels are too.
+        self.served = Counter(
+            "rbmrec_served", "answers by arm and version", ["method", "arm", "version"], registry=r
+        )
+        self.served_latency = Histogram(
+            "rbmrec_served_latency_seconds",
+            "time to an answer inside the server, by arm and version",
+            ["method", "arm", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         ProcessCollector(registry=r)  # resident memory, CPU, open fds: what a leak shows in
         self._latency_children: dict[str, Any] = {}
         self._request_children: dict[tuple[str, str], Any] = {}
+        self._served_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def watch(self, state: Callable[[], ServerState]) -> None:
         """Export the live state that other parts keep; call it on the server's event loop."""
@@ -163,6 +195,16 @@ class Metrics:
         if counter is None:
             counter = self._request_children[(method, code)] = self.requests.labels(method, code)
         counter.inc()
+
+    def served_one(self, method: str, arm: str, version: str, seconds: float) -> None:
+        """Count and time one answer of ``version`` on ``arm``."""
+        key = (method, arm, version)
+        children = self._served_children.get(key)
+        if children is None:
+            children = (self.served.labels(*key), self.served_latency.labels(*key))
+            self._served_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def serve_http(self, port: int, host: str) -> int:
         """Expose /metrics on ``host:port`` (0 picks a free port); return the port."""

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -123,12 +124,25 @@ class ModelHolder:
         load_timeout_s: float = LOAD_TIMEOUT_S,
         backoff: Backoff = Backoff(),
         warm_batch: int = 64,
+        spread_s: float = 0.0,
+        rng: random.Random | None = None,
+        optional: bool = False,
     ) -> None:
         if not math.isfinite(warn_every_s) or warn_every_s <= 0:
             raise ValueError(f"warning interval must be a number > 0, got {warn_every_s}")
         if not math.isfinite(load_timeout_s) or load_timeout_s <= 0:
             raise ValueError(f"load timeout must be a number > 0, got {load_timeout_s}")
+        if not math.isfinite(spread_s) or spread_s < 0:
+            raise ValueError(f"swap spread must be a number >= 0, got {spread_s}")
         self.load_timeout_s = load_timeout_s
+        # A replica that sees the alias move waits U[0, spread_s] before loading, so that a
+        # fleet's loads (and their cold first requests) do not all land in the same second.
+        self.spread_s = spread_s
+        self._rng = rng or random.Random()
+        self._due: tuple[str, float] | None = None  # (version, clock time its load may start)
+        # An optional alias (a canary) may be unset: that is not worth a warning, and unsetting
+        # it stops serving its version.
+        self.optional = optional
         self.backoff = backoff
         self.warm_batch = warm_batch  # the server's largest batch: warmed at that shape
         self._refusal: _Refusal | None = None
@@ -186,10 +200,17 @@ class ModelHolder:
             self._still_waiting(self._why_missing(exc))
             return False
         if target is None:
+            if self.optional and self.engine is not None:
+                log.info("alias %r of %r is unset: no longer serving it", self.alias, self.model)
+                self.engine = None
+                return True
             self._still_waiting(self._why_missing(None))
             return False
         current = self.engine.version if self.engine else None
         if str(target) == current:
+            self._due = None
+            return False
+        if not self._spread_over(str(target)):
             return False
         refusal = self._refusal if self._refusal and self._refusal.version == str(target) else None
         if refusal is not None and not self._may_retry(refusal, target):
@@ -209,12 +230,23 @@ class ModelHolder:
         self.engine = engine
         self.status.reloads += 1
         self.status.refused_version = self.status.last_error = ""
-        self._refusal = None
+        self._refusal = self._due = None
         self._warned = None
         log.info(
             "serving %s version %s (%s alias) on %s", self.model, target, self.alias, engine.where
         )
         return True
+
+    def _spread_over(self, version: str) -> bool:
+        """Whether ``version``'s load may start now: at once for a first version, else once
+        its random share of the spread has passed since this replica first saw it."""
+        if self.spread_s == 0 or self.engine is None:
+            return True
+        if self._due is None or self._due[0] != version:
+            wait = self._rng.uniform(0, self.spread_s)
+            self._due = (version, self._clock() + wait)
+            log.info("alias %r moved to version %s: loading it in %.1fs", self.alias, version, wait)
+        return self._clock() >= self._due[1]
 
     async def _load_and_prepare(self, version: int) -> Engine:
         engine = await asyncio.to_thread(self._load, version)
@@ -264,7 +296,10 @@ class ModelHolder:
             if reason == last_reason and now - last_time < self.warn_every_s:
                 return
         self._warned = (reason, now)
-        if not already_said:
+        if self.optional:
+            if not already_said:
+                log.info("not serving %s: %s", self.waiting_for, reason)
+        elif not already_said:
             log.warning(
                 "nothing to serve yet: waiting for %s: %s (this repeats every %gs until a "
                 "version loads)",

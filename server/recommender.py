@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -27,7 +27,6 @@ from server.model_holder import ModelHolder
 from server.ratings import MAX_UPDATE_ID, Applied, RatingLog, RatingRecord, UserOverlay
 
 __all__ = [
-    "MAX_MANY",
     "MAX_N",
     "MAX_PREDICT",
     "PredictJob",
@@ -40,7 +39,6 @@ __all__ = [
 
 MAX_N = 1000
 MAX_PREDICT = 10_000
-MAX_MANY = 1000  # requests in one RecommendMany
 MAX_LISTED = 10_000  # exclude_movie_ids or candidate_movie_ids of one request
 MAX_FUTURE_S = 86_400  # a timestamp more than a day ahead is a client bug, not a clock skew
 LOG_RETRY_S = 1.0  # how long batches skip the rating log after it failed to answer
@@ -200,26 +198,6 @@ class Recommender:
             raise result
         assert isinstance(result, Served)
         return result
-
-    async def recommend_many(
-        self, jobs: Sequence[RecommendJob], timeout_s: float | None = None
-    ) -> list[Served | ServiceError]:
-        """Recommend for each job, all submitted at once so they share batched passes.
-
-        One user's failure is that user's result, not the call's.
-        """
-        if len(jobs) > MAX_MANY:
-            raise InvalidArgument(f"at most {MAX_MANY} requests per call, got {len(jobs)}")
-        results = await asyncio.gather(
-            *(self.recommend(job, timeout_s) for job in jobs), return_exceptions=True
-        )
-        out: list[Served | ServiceError] = []
-        for result in results:
-            if isinstance(result, Served | ServiceError):
-                out.append(result)
-            else:  # not a domain error: a bug, or a cancellation; the whole call fails
-                raise result
-        return out
 
     async def similar(self, movie_id: int, n: int) -> Similar:
         """The ``n`` movies nearest to ``movie_id`` in the serving model."""

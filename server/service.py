@@ -1,4 +1,4 @@
-"""The gRPC servicer: parse the request, call the Recommender, map domain errors to status codes."""
+"""The gRPC servicer: parse the request, call the Router, map domain errors to status codes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError, Message
 
 from rbmrec.v1 import recommender_pb2 as pb
 from rbmrec.v1 import recommender_pb2_grpc as pb_grpc
+from server.canary import Router
 from server.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -23,7 +24,7 @@ from server.errors import (
 )
 from server.metrics import Metrics, RpcTimer
 from server.ratings import RatingRecord
-from server.recommender import PredictJob, Recommender, RecommendJob, Served
+from server.recommender import PredictJob, RecommendJob, Served
 
 __all__ = ["RecommenderService", "status_for"]
 
@@ -155,12 +156,10 @@ def _recommend_response(served: Served) -> pb.RecommendResponse:
 
 
 class RecommenderService(pb_grpc.RecommenderServicer):
-    """rbmrec.v1.Recommender over a ``Recommender``."""
+    """rbmrec.v1.Recommender over a ``Router`` (a ``Recommender`` per version served)."""
 
-    def __init__(
-        self, recommender: Recommender, model_name: str, alias: str, metrics: Metrics
-    ) -> None:
-        self.recommender = recommender
+    def __init__(self, router: Router, model_name: str, alias: str, metrics: Metrics) -> None:
+        self.router = router
         self.model_name = model_name
         self.alias = alias
         self.metrics = metrics
@@ -183,7 +182,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if isinstance(request, Unparsable):
                 await self._fail(call, context, request.error())
             try:
-                served = await self.recommender.recommend(
+                served = await self.router.recommend(
                     _recommend_job(request), context.time_remaining()
                 )
             except ServiceError as exc:
@@ -201,7 +200,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 await self._fail(call, context, request.error())
             jobs = [_recommend_job(r) for r in request.requests]
             try:
-                results = await self.recommender.recommend_many(jobs, context.time_remaining())
+                results = await self.router.recommend_many(jobs, context.time_remaining())
             except ServiceError as exc:
                 await self._fail(call, context, exc)
             response = pb.RecommendManyResponse()
@@ -223,7 +222,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if isinstance(request, Unparsable):
                 await self._fail(call, context, request.error())
             try:
-                near = await self.recommender.similar(request.movie_id, request.n)
+                near = await self.router.similar(request.movie_id, request.n)
             except ServiceError as exc:
                 await self._fail(call, context, exc)
             response = pb.SimilarMoviesResponse(model_version=near.version)
@@ -245,7 +244,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 await self._fail(call, context, request.error())
             job = PredictJob(request.user_id, tuple(request.movie_ids), request.skip_unknown)
             try:
-                predicted = await self.recommender.predict(job, context.time_remaining())
+                predicted = await self.router.predict(job, context.time_remaining())
             except ServiceError as exc:
                 await self._fail(call, context, exc)
             return pb.PredictRatingsResponse(
@@ -271,7 +270,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                         update.user_id, update.movie_id, update.rating, update.timestamp
                     )
                     try:
-                        ack = await self.recommender.update(record, update.update_id)
+                        ack = await self.router.update(record, update.update_id)
                     except (InvalidArgument, NotFound) as exc:
                         self.metrics.updates.labels("rejected").inc()
                         yield pb.RatingAck(accepted=False, error=str(exc))
@@ -299,11 +298,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         with self.metrics.rpc("GetModelInfo") as call:
             if isinstance(request, Unparsable):
                 await self._fail(call, context, request.error())
-            holder = self.recommender.holder
+            holder = self.router.stable.recommender.holder
             try:
                 engine = holder.require()
             except ServiceError as exc:
                 await self._fail(call, context, exc)
+            canary = self.router.canary
+            canary_engine = canary.recommender.holder.engine if canary else None
             return pb.ModelInfo(
                 model_name=self.model_name,
                 model_version=engine.version,
@@ -317,4 +318,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 ranking_score=engine.ckpt.ranking,
                 refused_version=holder.status.refused_version,
                 last_reload_error=holder.status.last_error,
+                canary_version=canary_engine.version if canary_engine else "",
+                canary_percent=self.router.split.percent if canary_engine else 0.0,
+                canary_alias=canary.recommender.holder.alias if canary else "",
             )

@@ -73,7 +73,7 @@ def _command(
     return [
         str(BIN / "rbm-serve"),
         *("--port", "0", "--registry", str(registry), *redis),
-        *("--poll-interval", "0.2", "--log-level", "WARNING"),
+        *("--poll-interval", "0.2", "--swap-spread-s", "0", "--log-level", "WARNING"),
         *("--address-file", str(address_file)),
         *extra,  # last: a flag given again here wins
     ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 import time
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from registry.errors import ErrorCode, RegistryError
 from registry.store import FileRegistry
 from server.engine import Engine
 from server.errors import Unavailable
-from server.main import poll_delays
+from server.main import poll_delays, swap_rng
 from server.model_holder import Backoff, ModelHolder, is_transient
 from tests.harness.calls import Load
 from tests.harness.cli import TrainedModel
@@ -74,10 +76,18 @@ class _Clock:
 
 
 def _holder(
-    registry: FileRegistry, clock: _Clock, fail: list[Exception]
+    registry: FileRegistry, clock: _Clock, fail: list[Exception], spread_s: float = 0.0
 ) -> tuple[ModelHolder, list[int]]:
     """A holder whose loads raise the exceptions in ``fail`` first; the list of load calls."""
-    holder = ModelHolder(registry, "rbm", "production", torch.device("cpu"), clock=clock)
+    holder = ModelHolder(
+        registry,
+        "rbm",
+        "production",
+        torch.device("cpu"),
+        clock=clock,
+        spread_s=spread_s,
+        rng=random.Random(3),
+    )
     calls: list[int] = []
     real = holder._load
 
@@ -125,6 +135,25 @@ def test_a_permanent_failure_waits_for_its_files_to_change(
     assert asyncio.run(holder.refresh()) and calls == [1, 1]
 
 
+def test_a_move_is_loaded_after_the_replicas_share_of_the_spread(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    registry = copy_registry(trained, tmp_path)
+    clock = _Clock()
+    holder, calls = _holder(registry, clock, [], spread_s=10.0)
+    assert asyncio.run(holder.refresh()) and calls == [1], "a first version loads at once"
+    second = register_copy(registry)
+    registry.set_alias("rbm", "production", second)
+    wait = random.Random(3).uniform(0, 10.0)  # the holder's first draw
+    assert not asyncio.run(holder.refresh()) and calls == [1]
+    clock.now = wait - 0.01
+    assert not asyncio.run(holder.refresh()) and calls == [1], "not before its share"
+    clock.now = wait
+    assert asyncio.run(holder.refresh()) and calls == [1, second]
+    registry.set_alias("rbm", "production", 1)  # a rollback draws a new share
+    assert not asyncio.run(holder.refresh()) and calls == [1, second], "it draws its own share"
+
+
 # ---- real servers -----------------------------------------------------------------------
 
 
@@ -157,4 +186,47 @@ def test_a_refused_then_repaired_version_is_picked_up_without_a_restart(
     assert server.log.count("refused") == 1, "a permanent refusal is not retried until repaired"
 
 
-_LINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?", re.M)
+_SPREAD_S = 6.0
+
+
+def _seeds_apart(gap_s: float) -> tuple[int, int, float]:
+    """Two --poll-seed values whose first swap waits differ by ``gap_s`` or more, and that gap."""
+    waits = {seed: swap_rng(seed).uniform(0, _SPREAD_S) for seed in range(50)}
+    for a, b in itertools.combinations(waits, 2):
+        if abs(waits[a] - waits[b]) >= gap_s:
+            return a, b, abs(waits[a] - waits[b])
+    raise AssertionError("no two seeds apart")  # pragma: no cover - 50 draws of U[0, 6]
+
+
+def _load_started(log: str, version: int) -> datetime:
+    """When a server's log says it started loading ``version``."""
+    match = re.search(rf"^(\S+ \S+) INFO \S+: loading rbm version {version} ", log, re.M)
+    assert match is not None, f"no load of version {version} in the log:\n{log[-2000:]}"
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_two_replicas_under_load_swap_apart_without_a_failed_request(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    registry = copy_registry(trained, tmp_path)
+    second = register_copy(registry)
+    seed_a, seed_b, drawn_gap = _seeds_apart(3.0)
+    common = ("--cache", "memory", "--swap-spread-s", str(_SPREAD_S), "--log-level", "INFO")
+    with (
+        start_server(registry.root, *common, "--poll-seed", str(seed_a)) as a,
+        start_server(registry.root, *common, "--poll-seed", str(seed_b)) as b,
+        Load(a, 2) as load_a,
+        Load(b, 2) as load_b,
+    ):
+        wait_for(lambda: all(len(v) > 3 for v in load_a.versions + load_b.versions))
+        registry.set_alias("rbm", "production", second, reason="test: a fleet promotion")
+        wait_for(lambda: {_info(a).model_version, _info(b).model_version} == {str(second)}, 60)
+        wait_for(lambda: all(v[-1] == str(second) for v in load_a.versions + load_b.versions))
+    assert load_a.failures == [] and load_b.failures == [], "no request fails through the swap"
+    started = sorted([_load_started(a.log, second), _load_started(b.log, second)])
+    spread = (started[1] - started[0]).total_seconds()
+    print(
+        f"swap starts {started[0].time()} and {started[1].time()}: {spread:.2f}s apart "
+        f"(seeds {seed_a}, {seed_b} drew waits {drawn_gap:.2f}s apart)"
+    )
+    assert spread >= 1.0, f"the two replicas started loading {spread:.2f}s apart"
