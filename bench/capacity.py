@@ -118,17 +118,22 @@ def serving_memory(s: Shape) -> dict[str, float]:
     # rbm/scoring.py's Scorer keeps its own contiguous copies: Wᵀ, the per-user item weights,
     # their biases and the movies' item-hidden states transposed.
     scorer = scorer_copies(s)
+    # ...and the engine then lets go of the checkpoint's item RBM weights (server/engine.py,
+    # Engine._released): the scorer's per-user layout is the one copy kept.
+    tensors = checkpoint_tensors(s)
+    released = sum(tensors[k] for k in ("item_weights", "item_visible_bias", "item_hidden_bias"))
     python = (
         s.users * MEASURED["python_bytes_per_user"] + s.movies * MEASURED["python_bytes_per_movie"]
     )
     # One batch's pass: logits, probabilities and probabilities x levels (B, K*M), then about
     # six (B, M) tensors (expected, liked, log P(rated) and its temporaries, score).
     activations = (3 * BATCH * km + 6 * BATCH * s.movies) * F32
-    engine = checkpoint + scorer + python
+    engine = checkpoint - released + scorer + python
     steady = MEASURED["base_rss_bytes"] + engine + activations
     return {
         "checkpoint": checkpoint,
         "scorer_copies": scorer,
+        "released_after_build": released,
         "python_maps": python,
         "activations_batch64": activations,
         "base_process": MEASURED["base_rss_bytes"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from rbm.checkpoint import Checkpoint, load_checkpoint
-from rbm.model import RatingsBatch
+from rbm.model import RatingsBatch, RBMParams
 from server.backends import ScoredBatch, ScorePass, make_score_pass, torch_side
 from server.device_link import DeviceLink
 
@@ -113,7 +113,6 @@ class Engine:
         identity: str = "",
         log_point: str | None = None,
     ) -> None:
-        self.ckpt = ckpt
         self.version = version
         self.identity = identity or version
         # The last rating-log entry the version absorbed (None: trained without the log).
@@ -124,12 +123,33 @@ class Engine:
         self.scoring = scoring
         self.link = DeviceLink(device)  # every copy between host and device goes through it
         self.encoder = ckpt.encoder(device)
+        self.ckpt = ckpt = self._released(ckpt)
         self.hidden_width = self.encoder.width
         self.movie_index = ckpt.movie_index
         self.movie_ids: list[int] = ckpt.movie_ids.tolist()
         self.user_row = ckpt.user_row
         self.level_of = ckpt.level_of
         self.popularity = ckpt.popularity.to(device)
+
+    def _released(self, ckpt: Checkpoint) -> Checkpoint:
+        """The checkpoint less the weights that the scoring pass and the encoder now hold.
+
+        Kept, a version's weights would sit in memory twice (four times during a swap): the
+        scorers keep the item RBM in their own per-user layout, and off the host the encoder
+        holds the RBMs' weights on the device. What stays is what serving still reads: ids,
+        titles, the users' training ratings, and the movies' features for SimilarMovies
+        (on the device, beside the weights they are computed with).
+        """
+        item = ckpt.item
+        if item is not None:
+            empty = torch.empty(0)
+            item = replace(item, params=RBMParams(empty, empty, empty))
+            if not self.link.on_host:
+                (movie_hidden,) = self.link.send([item.movie_hidden])
+                item = replace(item, movie_hidden=movie_hidden)
+        if self.link.on_host:
+            return replace(ckpt, item=item)
+        return replace(ckpt, params=self.encoder.params, implicit=self.encoder.implicit, item=item)
 
     @classmethod
     def load(
@@ -194,8 +214,8 @@ class Engine:
     @cached_property
     def _movie_vectors(self) -> Tensor:
         # Built at the first SimilarMovies call, not at load: most versions never get one.
-        (on_device,) = self.link.send([self.ckpt.movie_vectors()])
-        return on_device
+        # Computed where the weights are (``_released`` left them on the device).
+        return self.ckpt.movie_vectors()
 
     @property
     def where(self) -> str:
