@@ -1,18 +1,24 @@
-"""rbm-ratings: the rating log's lifecycle: how long it is, trimming it into the archive, export.
+"""rbm-ratings: the rating log's lifecycle (length, trim, export) and the online evaluation.
 
 The stream is PREFIX:ratings at --redis-url (default $REDIS_URL); its archive lives in the
 registry (--registry, else $RBMREC_REGISTRY, else ./registry) under _ratings/PREFIX/. Every
 command takes --json, and the global options before or after its name.
 
 Exit codes:
-    0  success (also a trim with nothing to trim: the reason is printed)
+    0  success (also a trim with nothing to trim: the reason is printed; `online --canary`:
+       the canary is not worse)
     1  operational failure: Redis unreachable, registry or model missing, corrupt archive,
        a file that cannot be written
     2  usage error (bad command line, no or a bad Redis URL)
+    3  `online --canary`: the canary's hit rate is significantly worse
+    4  `online --canary`: undecided, too few settled recommendations yet
 
 `trim` archives the entries every aliased version absorbed (up to the oldest
 rating_log_until among them), then removes them from the stream; killed at any point,
 a rerun completes it. `export` writes every rating ever logged, archive and stream, as CSV.
+`online` counts, per version, the movies it recommended that users rated within a window
+after (the impression stream PREFIX:impressions joined with the log); with --canary it
+compares the canary with --against over the same period, the verdict as one line on stderr.
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ from tqdm import tqdm
 
 from ratinglog.archive import ArchiveCorrupt, RatingArchive
 from ratinglog.format import stream_key
+from ratinglog.impressions import impressions_key
+from ratinglog.online import (
+    Skipped,
+    Verdict,
+    VersionFigures,
+    compare_versions,
+    read_outcomes,
+    redis_now_ms,
+)
 from ratinglog.retention import (
     SEGMENT_ROWS,
     absorbed_until,
@@ -53,6 +68,8 @@ __all__ = ["main", "run"]
 PROG = "rbm-ratings"
 _DOC = __doc__ or ""  # None under python -OO
 _EXPORT_HEADER = ("user_id", "movie_id", "rating", "timestamp")
+_VERDICT_CODES = {"not worse": 0, "worse": 3, "undecided": 4}
+_TABLE = ("version", "users", "recommended", "rated_after", "liked_after", "hit_rate", "like_rate")
 
 
 class _TopFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
@@ -75,8 +92,10 @@ class _Context:
 
 @dataclass(frozen=True)
 class _Output:
-    data: dict[str, Any]
+    data: Any  # printed as JSON with --json
     text: str
+    code: int = 0
+    note: str | None = None  # one line for stderr (the verdict of `online --canary`)
 
 
 class _Failure(Exception):
@@ -107,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help=f"model whose aliased versions say what was absorbed (default: {DEFAULT_MODEL})",
+        help=f"model whose aliased versions say what was absorbed, and whose versions "
+        f"online's --canary and --against name (default: {DEFAULT_MODEL})",
     )
     common.add_argument(
         "--json",
@@ -147,13 +167,50 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CSV file to write (user_id,movie_id,rating,timestamp), replaced if it exists",
     )
+    _add_online(add("online", "per version: how many recommended movies users then rated", _online))
     return parser
+
+
+def _add_online(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--window-h",
+        type=_positive_float,
+        default=24.0,
+        metavar="H",
+        help="a rating counts if it follows the recommendation within H hours",
+    )
+    cmd.add_argument(
+        "--canary",
+        metavar="ALIAS|VERSION",
+        help="compare this version with --against over the same period: exit 3 if its hit "
+        "rate is significantly worse, 4 if too few recommendations settled yet, else 0",
+    )
+    cmd.add_argument(
+        "--against",
+        default="production",
+        metavar="ALIAS|VERSION",
+        help="the version --canary is compared with",
+    )
+    cmd.add_argument(
+        "--min-recommended",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="settled recommendations each side needs before --canary decides",
+    )
 
 
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -216,6 +273,73 @@ def _export(ctx: _Context, args: argparse.Namespace) -> _Output:
             rows += len(page.entries)
             bar(len(page.entries))
     return _Output({"rows": rows, "out": str(out)}, f"wrote {rows} ratings to {out}")
+
+
+def _online(ctx: _Context, args: argparse.Namespace) -> _Output:
+    versions = _canary_versions(ctx, args) if args.canary else None  # registry errors first
+    now = redis_now_ms(ctx.client)
+    window_ms = max(1, round(args.window_h * 3_600_000))
+    with _bar(ctx, "reading") as bar:
+        found, skipped = read_outcomes(ctx.client, ctx.archive, window_ms, now, on_page=bar)
+    _warn_skipped(ctx, skipped)
+    figures = found.figures(now)
+    text = _online_table(ctx, figures, args.window_h)
+    data = [f.as_dict() for f in figures]
+    if versions is None:
+        return _Output(data, text)
+    verdict, _ = compare_versions(found, *versions, now, args.min_recommended)
+    line = _verdict_line(verdict, versions, args)
+    return _Output(data, text, _VERDICT_CODES[verdict.outcome], line)
+
+
+def _canary_versions(ctx: _Context, args: argparse.Namespace) -> tuple[str, str]:
+    """The version numbers --canary and --against name, as the impressions spell them."""
+    canary = ctx.registry.resolve(ctx.model, args.canary).version
+    against = ctx.registry.resolve(ctx.model, args.against).version
+    if canary == against:
+        raise _Failure(
+            f"--canary {args.canary} and --against {args.against} are both version {canary}"
+        )
+    return str(canary), str(against)
+
+
+def _verdict_line(verdict: Verdict, versions: tuple[str, str], args: argparse.Namespace) -> str:
+    canary, against = versions
+    return (
+        f"{PROG}: canary {args.canary} (version {canary}) against {args.against} "
+        f"(version {against}): {verdict.outcome}: {verdict.reason}"
+    )
+
+
+def _warn_skipped(ctx: _Context, skipped: Skipped) -> None:
+    if skipped.impressions or skipped.ratings:
+        logging.getLogger(__name__).warning(
+            "skipped malformed entries: %d of %s, %d of %s",
+            skipped.impressions,
+            impressions_key(ctx.prefix),
+            skipped.ratings,
+            ctx.key,
+        )
+
+
+def _online_table(ctx: _Context, figures: list[VersionFigures], window_h: float) -> str:
+    if not figures:
+        return (
+            f"no impressions in {impressions_key(ctx.prefix)} (servers record them unless "
+            "--online-max-entries 0)"
+        )
+    rows: list[tuple[str, ...]] = [_TABLE]
+    for f in figures:
+        d = f.as_dict()
+        rows.append(tuple(f"{d[k]:.4f}" if isinstance(d[k], float) else str(d[k]) for k in _TABLE))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    pending = sum(f.pending for f in figures)
+    lines.append(
+        f"window {window_h:g} h; recommendations whose window is still open ({pending}) "
+        "are not counted yet"
+    )
+    return "\n".join(lines)
 
 
 def _why_nothing(ctx: _Context) -> str:
@@ -293,7 +417,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         output = handler(ctx, args)
     except redis.RedisError as exc:
-        return _fail(1, f"cannot read or trim the rating log {ctx.key} at {ctx.url}: {exc}")
+        return _fail(1, f"{_redis_failed(ctx, args)} at {ctx.url}: {exc}")
     except RegistryError as exc:
         return _fail(1, exc.message)
     except (ArchiveCorrupt, _Failure, RuntimeError) as exc:
@@ -303,7 +427,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     finally:
         ctx.client.close()
     print(json.dumps(output.data, indent=2) if args.json else output.text)
-    return 0
+    if output.note is not None:
+        print(output.note, file=sys.stderr)
+    return output.code
+
+
+def _redis_failed(ctx: _Context, args: argparse.Namespace) -> str:
+    if args.command == "online":
+        return (
+            f"cannot read the rating log {ctx.key} or the impressions {impressions_key(ctx.prefix)}"
+        )
+    return f"cannot read or trim the rating log {ctx.key}"
 
 
 def _fail(code: int, message: object) -> int:
