@@ -189,6 +189,11 @@ def _info(client: RecommenderClient, a: argparse.Namespace) -> dict[str, Any]:
         "device": r.device,
         "backend": r.backend,
         **({"ranking_score": r.ranking_score} if r.ranking_score else {}),
+        **(
+            {"canary_version": r.canary_version, "canary_percent": r.canary_percent}
+            if r.canary_version
+            else {}
+        ),
     }
 
 

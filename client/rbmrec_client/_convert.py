@@ -122,4 +122,7 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         ranking_score=info.ranking_score,
         refused_version=info.refused_version,
         last_reload_error=info.last_reload_error,
+        canary_version=info.canary_version,
+        canary_percent=info.canary_percent,
+        canary_alias=info.canary_alias,
     )

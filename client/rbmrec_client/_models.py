@@ -111,3 +111,6 @@ class ModelInfo:
     ranking_score: str  # what ScoredMovie.score means for this version
     refused_version: str  # a version the alias pointed at that failed to load
     last_reload_error: str
+    canary_version: str = ""  # a canary's version, "" while none is served
+    canary_percent: float = 0.0  # the share of users it answers
+    canary_alias: str = ""  # the alias the server follows for it ("" without --canary-alias)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from rbmrec_client import RecommenderClient
 
 from ratinglog.impressions import decode_impression, impressions_key
 from rbmrec.v1 import recommender_pb2 as pb
 from registry.store import FileRegistry
 from server.canary import BUCKETS, Split, bucket
-from tests.harness.cli import REDIS_URL, TrainedModel
+from tests.harness.cli import REDIS_URL, TrainedModel, run_cli
 from tests.harness.metrics import metric
 from tests.harness.redis import delete_keys, wait_for
 from tests.harness.registry import copy_registry, register_copy
@@ -120,6 +122,13 @@ def test_half_the_users_get_the_canary_and_each_user_always_the_same_version(
             )
             assert answered == 3 * shares[version]
         assert metric(server.metrics_url, "rbmrec_canary_version_info", version="2") == 1
+        with RecommenderClient(server.target) as client:  # the client library says so too
+            seen_by_client = client.info()
+        assert (seen_by_client.canary_version, seen_by_client.canary_percent) == ("2", 50)
+        shown = json.loads(
+            run_cli("rbm-client", "--target", server.target, "--json", "info").stdout
+        )
+        assert (shown["canary_version"], shown["canary_percent"]) == ("2", 50)
         assert metric(server.metrics_url, "rbmrec_canary_percent") == 50
     assert server.process.returncode == 0
 
