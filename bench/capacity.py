@@ -51,7 +51,7 @@ class Shape:
     levels: int = 10  # half stars 0.5..5
     train_fraction: float = 0.8  # --split holdout keeps 80% of each user's ratings to train on
     hidden: int = TrainConfig.n_hidden
-    hidden_implicit: int = TrainConfig.n_hidden_implicit
+    hidden_implicit: int = TrainConfig.n_hidden_implicit * TrainConfig.implicit_models
     hidden_item: int = TrainConfig.n_hidden_item
 
     @property
@@ -162,7 +162,7 @@ def throughput_fit(serve_json: Path) -> dict[str, float]:
             for r in rows
             if r["variant"] == "batched" and r["model"] == model and r["concurrency"] == 64
         ]
-        macs = levels * movies * TrainConfig.n_hidden + movies * TrainConfig.n_hidden_implicit
+        macs = Shape(model, users=1, movies=movies, ratings=1, levels=levels).macs_per_user
         points.append((macs, 1.0 / row["rps"], row["rps"]))
     (w1, t1, r1), (w2, t2, r2) = points
     b = (t2 - t1) / (w2 - w1)

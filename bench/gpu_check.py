@@ -255,7 +255,9 @@ def synthetic_checkpoint(data: IndexedRatings, n_movies: int, seed: int) -> Chec
         return RBMParams.init(config, gen, 0.1 * torch.randn(config.n_visible, generator=gen))
 
     config = RBMConfig(n_movies, k, cfg.n_hidden)
-    implicit = implicit_config(n_movies, cfg.n_hidden_implicit) if cfg.n_hidden_implicit else None
+    # The trainer averages several implicit RBMs, stored side by side as one (combine_implicit).
+    width = cfg.n_hidden_implicit * cfg.implicit_models
+    implicit = implicit_config(n_movies, width) if cfg.n_hidden_implicit else None
     item = None
     if cfg.n_hidden_item:
         movie_hidden = torch.rand(n_movies, cfg.n_hidden_item, generator=gen)  # (M, F2)
@@ -276,6 +278,7 @@ def synthetic_checkpoint(data: IndexedRatings, n_movies: int, seed: int) -> Chec
         ranking="liked_and_rated",
         implicit=None if implicit is None else params(implicit),
         item=item,
+        implicit_models=cfg.implicit_models if implicit is not None else 1,
     )
 
 

@@ -66,6 +66,8 @@ class Checkpoint:
     implicit: RBMParams | None = None  # the implicit-feedback RBM (rbm.implicit), if trained
     item: ItemModel | None = None  # the item-based RBM, if trained
     blend_ranking: bool = False  # whether the item-based blend also enters the ranking
+    liked_weight: float = 1.0  # the weight of log P(liked) in the liked_and_rated score
+    implicit_models: int = 1  # how many implicit RBMs ``implicit`` holds side by side
 
     @property
     def hidden_width(self) -> int:
@@ -107,6 +109,8 @@ class Checkpoint:
             self.implicit,
             self.item,
             self.blend_ranking,
+            self.liked_weight,
+            1.0 / self.implicit_models,
         )
         return scorer.eval().to(device)
 
@@ -164,6 +168,13 @@ class Checkpoint:
             if self.implicit is not None:
                 n_hidden = self.implicit.hidden_bias.numel()
                 self.implicit.check(implicit_config(self.config.n_movies, max(n_hidden, 1)))
+                if self.implicit_models < 1 or n_hidden % self.implicit_models:
+                    raise ValueError(
+                        f"{n_hidden} implicit hidden units do not split into "
+                        f"{self.implicit_models} implicit RBMs"
+                    )
+            if not 0.0 <= self.liked_weight < float("inf"):
+                raise ValueError(f"liked_weight {self.liked_weight} must be finite and >= 0")
             if self.item is not None:
                 n_item = self.item.params.hidden_bias.numel()
                 users = int(self.user_ids.numel())
@@ -227,6 +238,8 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "ranking": ckpt.ranking,
         "item_blend": None if ckpt.item is None else ckpt.item.blend,
         "blend_ranking": ckpt.blend_ranking,
+        "liked_weight": ckpt.liked_weight,
+        "implicit_models": ckpt.implicit_models,
     }
     (directory / JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -252,6 +265,8 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             dataset=str(meta.get("dataset", "")),
             ranking=meta.get("ranking", "expected_rating"),
             blend_ranking=bool(meta.get("blend_ranking", False)),
+            liked_weight=float(meta.get("liked_weight", 1.0)),
+            implicit_models=int(meta.get("implicit_models", 1)),
             implicit=(
                 RBMParams.from_named(t, IMPLICIT_PREFIX)
                 if IMPLICIT_PREFIX + "weights" in t

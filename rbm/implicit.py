@@ -17,6 +17,7 @@ from torch import Tensor
 from rbm.model import CDStats, RatingsBatch, RBMConfig, RBMParams, hidden_input
 
 __all__ = [
+    "combine_implicit",
     "implicit_cd_statistics",
     "implicit_config",
     "implicit_hidden_input",
@@ -34,6 +35,26 @@ def implicit_hidden_input(params: RBMParams, batch: RatingsBatch) -> Tensor:
     """Hidden pre-activation from the movies each user rated (levels ignored): (B, F)."""
     rated = RatingsBatch(batch.rows, batch.movies, torch.zeros_like(batch.movies), batch.n_rows)
     return hidden_input(params, rated, params.visible_bias.numel())
+
+
+def combine_implicit(members: list[RBMParams]) -> RBMParams:
+    """Several implicit RBMs as one, for averaging their logits at serving time.
+
+    Hidden units side by side (weights (M, R*F), hidden biases (R*F,)), visible biases
+    averaged. A user's pre-activation in the combined model is the members' side by side,
+    so the encoder and the server's cached states need nothing new; the mean of the
+    members' visible logits is b + (1/R) * sigmoid(pre) @ W^T, which the scorer computes
+    with ``implicit_scale`` = 1/R. One member is returned as it is.
+    """
+    if not members:
+        raise ValueError("no implicit RBM to combine")
+    if len(members) == 1:
+        return members[0]
+    return RBMParams(
+        weights=torch.cat([p.weights for p in members], dim=1),
+        visible_bias=torch.stack([p.visible_bias for p in members]).mean(0),
+        hidden_bias=torch.cat([p.hidden_bias for p in members]),
+    )
 
 
 def log_sigmoid(x: Tensor) -> Tensor:

@@ -8,12 +8,18 @@ Three ranking scores exist; the trainer picks one on its validation slice:
 - ``expected_rating``: E[rating | h]. Rating prediction alone ranks rarely rated movies
   first, because the model is confidently positive about movies few people saw.
 - ``rated``: log P(rated), the probability that the user rates the movie at all.
-- ``liked_and_rated``: log P(rating >= 4 | h) + log P(rated), the log-probability that
-  the user both watches and likes the movie.
+- ``liked_and_rated``: w * log P(rating >= 4 | h) + log P(rated); with w = 1 (the
+  default) the log-probability that the user both watches and likes the movie. The
+  trainer chooses w (``liked_weight``) on its validation slice too: the softmax RBM's
+  P(liked) is noisier than the implicit RBM's P(rated), and a smaller w ranked better.
 
 P(rated) comes from the implicit-feedback RBM (``rbm.implicit``) when the checkpoint has
 one, whose hidden pre-activation then follows the softmax RBM's in the input; without it,
-from each movie's share of training ratings (the same for every user).
+from each movie's share of training ratings (the same for every user). The implicit RBM
+may be an average of several trained from different seeds, stored side by side
+(``rbm.implicit.combine_implicit``): their hidden units are concatenated and
+``implicit_scale`` = 1 / their number turns the summed visible input into the mean of
+the members' logits.
 """
 
 from __future__ import annotations
@@ -56,10 +62,16 @@ class Scorer(nn.Module):
         implicit: RBMParams | None = None,
         item: ItemModel | None = None,
         blend_ranking: bool = False,
+        liked_weight: float = 1.0,
+        implicit_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
+        if not 0.0 <= liked_weight < float("inf") or not 0.0 < implicit_scale <= 1.0:
+            raise ValueError("liked_weight must be finite and >= 0, implicit_scale in (0, 1]")
+        self.liked_weight = float(liked_weight)
+        self.implicit_scale = float(implicit_scale)
         n_levels = int(levels.numel())
         n_movies = params.visible_bias.numel() // n_levels
         like = params.weights
@@ -115,7 +127,9 @@ class Scorer(nn.Module):
         log_rated = self._log_rated(hidden_pre[:, self.n_hidden :])  # (B, M) or (M,)
         if self.ranking == "rated":
             return log_rated.expand(batch, -1), logits
-        return self._log_liked(logits, item_rows) + log_rated, logits
+        if self.liked_weight == 1.0:
+            return self._log_liked(logits, item_rows) + log_rated, logits
+        return self.liked_weight * self._log_liked(logits, item_rows) + log_rated, logits
 
     def _log_liked(self, logits: Tensor, item_rows: Tensor) -> Tensor:
         # log P(rating >= 4): two log-sum-exps over levels, stable where softmax-then-log
@@ -172,5 +186,13 @@ class Scorer(nn.Module):
         if not self.has_implicit:
             return self.log_rated
         p_h = torch.sigmoid(implicit_pre)  # (B, F')
-        logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights.t())
+        if self.implicit_scale == 1.0:
+            logits = torch.addmm(self.implicit_visible_bias, p_h, self.implicit_weights.t())
+        else:  # the mean of several implicit RBMs' logits (see the module's docstring)
+            logits = torch.addmm(
+                self.implicit_visible_bias,
+                p_h,
+                self.implicit_weights.t(),
+                alpha=self.implicit_scale,
+            )
         return log_sigmoid(logits)  # (B, M)

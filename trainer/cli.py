@@ -56,6 +56,7 @@ from trainer.loop import EpochProgress
 from trainer.pipeline import TrainOutcome, evaluate_models, fit_models
 from trainer.rating_log import RatingLog, RatingLogUnavailable, read_rating_log
 from trainer.train import EpochReport, TrainConfig, model_configs
+from trainer.train_implicit import implicit_phase
 
 __all__ = ["main"]
 
@@ -194,6 +195,7 @@ def _register(
         "n_levels": outcome.checkpoint.config.n_levels,
         "n_users": int(outcome.checkpoint.user_ids.numel()),
         "ranking": outcome.checkpoint.ranking,
+        "liked_weight": outcome.checkpoint.liked_weight,
         "world_size": world_size,
     }
     if outcome.rating_log is not None:  # never the URL: it may hold a password
@@ -361,6 +363,11 @@ class _Progress:
     def __init__(self, cfg: TrainConfig, *, enabled: bool) -> None:
         specs = model_configs(cfg)
         self._budgets = {s.name: s.epochs for s in (specs.user, specs.implicit, specs.item) if s}
+        if specs.implicit is not None:  # the other members of an average, other rates
+            rates = (None, *cfg.implicit_alt_learning_rates)
+            for member in range(cfg.implicit_models):
+                for rate in rates:
+                    self._budgets[implicit_phase(member, rate)] = specs.implicit.epochs
         self._user = specs.user
         self._enabled = enabled
         self._bar: tqdm[Any] | None = None

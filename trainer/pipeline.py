@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rbm.checkpoint import Checkpoint, ItemModel
+from rbm.implicit import combine_implicit
 from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
 from trainer.baselines import (
     EASE,
@@ -31,10 +32,11 @@ from trainer.predict import predict_indexed
 from trainer.rating_log import LogMerge, RatingLog, merge_log
 from trainer.served_eval import engine_for, evaluate_served
 from trainer.train import EpochReport, TrainConfig, TrainResult, train
-from trainer.train_implicit import train_implicit
+from trainer.train_implicit import implicit_phase, train_implicit
 from trainer.train_item import train_item_based
 
 __all__ = [
+    "LIKED_WEIGHTS",
     "MAX_KNN_MOVIES",
     "FittedModels",
     "TrainOutcome",
@@ -57,13 +59,26 @@ class TrainOutcome:
     skipped_baselines: dict[str, str] = field(default_factory=dict)  # name -> why
 
 
+# The weights of log P(liked) in the liked_and_rated score that the ranking choice tries.
+LIKED_WEIGHTS = (1.0, 0.5, 0.25, 0.1)
+
+
 @dataclass(frozen=True)
 class _Models:
     params: RBMParams
-    implicit: RBMParams | None
+    implicit: RBMParams | None  # several implicit RBMs side by side (combine_implicit)
     item: ItemModel | None
     n_movies: int
     train_users: np.ndarray  # MovieLens ids of the item RBM's visible units, in row order
+    implicit_models: int = 1
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A ranking score and, for liked_and_rated, the weight of log P(liked) in it."""
+
+    ranking: Ranking
+    liked_weight: float = 1.0
 
 
 def _checkpoint(
@@ -71,7 +86,7 @@ def _checkpoint(
     models: _Models,
     config: RBMConfig,
     own: IndexedRatings,
-    ranking: Ranking,
+    choice: _Choice,
     blend_ranking: bool,
 ) -> Checkpoint:
     """The model as the server will load it, with ``own`` as its users' known ratings."""
@@ -87,10 +102,12 @@ def _checkpoint(
         user_levels=torch.from_numpy(own.levels),
         popularity=popularity_scores(own, models.n_movies),
         dataset=ds.name,
-        ranking=ranking,
+        ranking=choice.ranking,
         implicit=None if models.implicit is None else models.implicit.to("cpu"),
         item=models.item,
         blend_ranking=blend_ranking,
+        liked_weight=choice.liked_weight,
+        implicit_models=models.implicit_models,
     )
 
 
@@ -101,14 +118,60 @@ def _choose_ranking(
     config: RBMConfig,
     fit: IndexedRatings,
     val: Ratings,
-) -> tuple[Ranking, float]:
-    """The ranking score whose served top-10 has the best NDCG on the validation slice."""
+) -> tuple[_Choice, float]:
+    """The ranking score whose served top-10 has the best NDCG on the validation slice.
+
+    liked_and_rated is tried with each weight of ``LIKED_WEIGHTS``; ties go to the
+    earlier candidate (RANKINGS' order, then the larger weight).
+    """
+    candidates = [
+        _Choice(r, w)
+        for r in RANKINGS
+        for w in (LIKED_WEIGHTS if r == "liked_and_rated" else (1.0,))
+    ]
     ndcg = {}
-    for r in RANKINGS:
-        ckpt = _checkpoint(ds, models, config, fit, r, cfg.blend_ranking)
-        ndcg[r] = evaluate_served(engine_for(ckpt, cfg.device), val)["ndcg@10"]
-    best = max(ndcg, key=lambda r: ndcg[r])
+    for c in candidates:
+        ckpt = _checkpoint(ds, models, config, fit, c, cfg.blend_ranking)
+        ndcg[c] = evaluate_served(engine_for(ckpt, cfg.device), val)["ndcg@10"]
+    best = max(candidates, key=lambda c: ndcg[c])
     return best, ndcg[best]
+
+
+def _train_implicit_members(
+    fit: IndexedRatings,
+    val: IndexedRatings,
+    n_movies: int,
+    levels: np.ndarray,
+    cfg: TrainConfig,
+    comm: Communicator,
+    phase: Callable[[str], None],
+    on_progress: Callable[[EpochProgress], None] | None,
+) -> list[RBMParams]:
+    """``cfg.implicit_models`` implicit RBMs, at the learning rate best on validation.
+
+    The first member is trained at each rate (the configured one, then
+    ``implicit_alt_learning_rates``); the best validation NDCG@10 wins, ties to the
+    earlier, and the other members train at the winner's rate. Every rank gets the same
+    validation figures from the loop (rank 0's), so every rank makes the same choice.
+    """
+    phase(implicit_phase(0))
+    best = train_implicit(fit, val, n_movies, levels, cfg, on_progress, comm, 0)
+    rate = cfg.implicit_learning_rate
+    for alt in cfg.implicit_alt_learning_rates:
+        phase(implicit_phase(0, alt))
+        other = train_implicit(fit, val, n_movies, levels, cfg, on_progress, comm, 0, alt)
+        if other.best_val_ndcg > best.best_val_ndcg:
+            best, rate = other, alt
+    members = [best.params]
+    chosen = None if rate == cfg.implicit_learning_rate else rate
+    for member in range(1, cfg.implicit_models):
+        phase(implicit_phase(member, chosen))
+        members.append(
+            train_implicit(
+                fit, val, n_movies, levels, cfg, on_progress, comm, member, chosen
+            ).params
+        )
+    return members
 
 
 @dataclass(frozen=True)
@@ -117,7 +180,7 @@ class FittedModels:
 
     models: _Models
     rbm_config: RBMConfig
-    ranking: Ranking
+    choice: _Choice  # the ranking score, chosen on the validation slice
     result: TrainResult  # the user-based RBM's
     val_rmse: float  # of the served prediction (the blend, with an item RBM)
     val_ndcg: float
@@ -165,10 +228,9 @@ def fit_models(
     params = result.params
     implicit = None
     if cfg.n_hidden_implicit:
-        phase("implicit RBM")
-        implicit = train_implicit(
-            fit, val, ix.n_movies, levels_np, cfg, comm=comm, on_epoch=on_progress
-        ).params
+        implicit = combine_implicit(
+            _train_implicit_members(fit, val, ix.n_movies, levels_np, cfg, comm, phase, on_progress)
+        )
     item, val_rmse = None, result.best_val_rmse
     if cfg.n_hidden_item:
         phase("item RBM")
@@ -177,15 +239,15 @@ def fit_models(
         item, val_rmse = train_item_based(
             fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm, on_progress
         )
-    models = _Models(params, implicit, item, ix.n_movies, train_users)
+    models = _Models(params, implicit, item, ix.n_movies, train_users, cfg.implicit_models)
     phase("ranking")
-    ranking, val_ndcg = comm.decide(
+    choice, val_ndcg = comm.decide(
         lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)
     )
     return FittedModels(
         models,
         rbm_config,
-        ranking,
+        choice,
         result,
         val_rmse,
         val_ndcg,
@@ -205,7 +267,7 @@ def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> Trai
     ix = Indexer(ds)
     models, result = fitted.models, fitted.result
     own = ix.index(fitted.train, models.train_users)
-    ckpt = _checkpoint(ds, models, fitted.rbm_config, own, fitted.ranking, cfg.blend_ranking)
+    ckpt = _checkpoint(ds, models, fitted.rbm_config, own, fitted.choice, cfg.blend_ranking)
     metrics = evaluate_served(engine_for(ckpt, cfg.device), ds.test)
     metrics |= {
         "val_rmse": fitted.val_rmse,  # of the served prediction (the blend, with an item RBM)

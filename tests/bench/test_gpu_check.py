@@ -18,6 +18,7 @@ import torch
 
 from rbm.checkpoint import save_checkpoint, smoke_test
 from tests.harness.cli import ROOT
+from trainer.train import TrainConfig
 
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 FLAGS = ("--device", "--quick", "--out")
@@ -72,10 +73,17 @@ def test_synthetic_model_has_the_trainer_shapes_and_serves(
     assert len(data.movies) == 500 and int(data.indptr[-1]) == 500
     assert np.all(np.diff(data.indptr) >= 0) and int(data.levels.max()) < 10
     ckpt = gpu_check.synthetic_checkpoint(data, 60, seed=1)
-    assert (ckpt.config.n_movies, ckpt.config.n_levels, ckpt.config.n_hidden) == (60, 10, 100)
+    cfg = TrainConfig()
+    assert (ckpt.config.n_movies, ckpt.config.n_levels, ckpt.config.n_hidden) == (
+        60,
+        10,
+        cfg.n_hidden,
+    )
     assert ckpt.levels == tuple(x / 2 for x in range(1, 11))
-    assert ckpt.implicit is not None and ckpt.implicit.hidden_bias.numel() == 200
-    assert ckpt.item is not None and tuple(ckpt.item.movie_hidden.shape) == (60, 100)
+    implicit_width = cfg.n_hidden_implicit * cfg.implicit_models
+    assert ckpt.implicit is not None and ckpt.implicit.hidden_bias.numel() == implicit_width
+    assert ckpt.implicit_models == cfg.implicit_models
+    assert ckpt.item is not None and tuple(ckpt.item.movie_hidden.shape) == (60, cfg.n_hidden_item)
     save_checkpoint(ckpt, tmp_path / "model")
     smoke_test(tmp_path / "model")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rbm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, smoke_test
+from rbm.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    smoke_test,
+)
 from rbm.model import ItemModel, RBMConfig, RBMParams
 from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, export_checkpoint
 
@@ -24,7 +31,9 @@ def _params(n_visible: int, n_hidden: int, gen: torch.Generator) -> RBMParams:
     )
 
 
-def _checkpoint(blend_ranking: bool) -> Checkpoint:
+def _checkpoint(
+    blend_ranking: bool, implicit_models: int = 1, liked_weight: float = 1.0
+) -> Checkpoint:
     gen = torch.Generator().manual_seed(3)
     return Checkpoint(
         config=RBMConfig(M, K, F),
@@ -38,18 +47,27 @@ def _checkpoint(blend_ranking: bool) -> Checkpoint:
         user_levels=torch.tensor([4, 0, 2, 3]),
         popularity=torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0]),
         ranking="liked_and_rated",
-        implicit=_params(M, 2, gen),
+        implicit=_params(M, 2 * implicit_models, gen),
         item=ItemModel(_params(K * USERS, F2, gen), torch.rand(M, F2, generator=gen), 0.6),
         blend_ranking=blend_ranking,
+        liked_weight=liked_weight,
+        implicit_models=implicit_models,
     )
 
 
-@pytest.mark.parametrize("blend_ranking", [False, True])
-def test_saved_model_serves_what_it_says(tmp_path: Path, blend_ranking: bool) -> None:
-    save_checkpoint(_checkpoint(blend_ranking), tmp_path)
+@pytest.mark.parametrize(
+    ("blend_ranking", "implicit_models", "liked_weight"),
+    [(False, 1, 1.0), (True, 1, 1.0), (False, 3, 0.25), (True, 2, 0.5)],
+)
+def test_saved_model_serves_what_it_says(
+    tmp_path: Path, blend_ranking: bool, implicit_models: int, liked_weight: float
+) -> None:
+    save_checkpoint(_checkpoint(blend_ranking, implicit_models, liked_weight), tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert loaded.blend_ranking is blend_ranking
     assert loaded.scorer().blend_ranking is blend_ranking
+    assert (loaded.implicit_models, loaded.liked_weight) == (implicit_models, liked_weight)
+    assert loaded.scorer().implicit_scale == pytest.approx(1 / implicit_models)
     smoke_test(tmp_path)
 
     pre = loaded.hidden_pre(loaded.user_batch([0, 1, 2]))
@@ -74,3 +92,24 @@ def test_blend_ranking_changes_the_scores_of_users_the_item_model_knows() -> Non
         b, _ = blended.scorer().score(pre, rows)
     assert not torch.allclose(a[0], b[0])  # a user the item-based RBM knows
     torch.testing.assert_close(a[1], b[1])  # a user it does not: no blend, same scores
+
+
+def test_a_checkpoint_without_the_newer_keys_loads_with_their_defaults(tmp_path: Path) -> None:
+    # Versions registered before liked_weight and implicit_models existed: one implicit
+    # RBM, log P(liked) at weight 1, which is what they were trained and chosen with.
+    save_checkpoint(_checkpoint(False), tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
+    del meta["liked_weight"], meta["implicit_models"]
+    (tmp_path / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    loaded = load_checkpoint(tmp_path)
+    assert (loaded.implicit_models, loaded.liked_weight) == (1, 1.0)
+
+
+def test_implicit_hidden_units_must_split_evenly_into_the_models(tmp_path: Path) -> None:
+    bad = _checkpoint(False, implicit_models=2)
+    bad.implicit_models = 3  # 4 hidden units
+    with pytest.raises(CheckpointError, match="do not split into 3"):
+        save_checkpoint(bad, tmp_path)
+    negative = _checkpoint(False, liked_weight=-1.0)
+    with pytest.raises(CheckpointError, match="liked_weight"):
+        save_checkpoint(negative, tmp_path)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rbm.implicit import (
+    combine_implicit,
     implicit_cd_statistics,
     implicit_config,
     implicit_hidden_input,
@@ -91,3 +92,32 @@ def test_rated_ranking_uses_the_implicit_part_of_the_input() -> None:
     scores, expected = scorer(pre, torch.tensor([-1]))
     torch.testing.assert_close(scores, log_p_rated(implicit, pre[:, 3:]))
     torch.testing.assert_close(expected, torch.full((1, M), 3.0))  # uniform over {1, 5}
+
+
+def test_several_implicit_rbms_serve_the_mean_of_their_logits() -> None:
+    gen = torch.Generator().manual_seed(11)
+    members = [
+        RBMParams(torch.randn(M, F, generator=gen), torch.randn(M, generator=gen), torch.randn(F))
+        for _ in range(3)
+    ]
+    combined = combine_implicit(members)
+    assert tuple(combined.weights.shape) == (M, 3 * F)
+    batch = RatingsBatch(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]), torch.zeros(3).long(), 2)
+    pre = implicit_hidden_input(combined, batch)  # the members' pre-activations side by side
+    for r, member in enumerate(members):
+        torch.testing.assert_close(
+            pre[:, r * F : (r + 1) * F], implicit_hidden_input(member, batch)
+        )
+    softmax = RBMParams(torch.zeros(2 * M, 3), torch.zeros(2 * M), torch.zeros(3))
+    scorer = Scorer(
+        softmax, torch.tensor([1.0, 5.0]), "rated", implicit=combined, implicit_scale=1 / 3
+    )
+    scores, _ = scorer(torch.cat([torch.zeros(2, 3), pre], dim=1), torch.tensor([-1, -1]))
+    logits = torch.stack(
+        [
+            torch.sigmoid(pre[:, r * F : (r + 1) * F]) @ m.weights.t() + m.visible_bias
+            for r, m in enumerate(members)
+        ]
+    ).mean(0)
+    torch.testing.assert_close(scores, log_sigmoid(logits))
+    assert combine_implicit(members[:1]) is members[0]

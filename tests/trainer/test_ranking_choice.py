@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from rbm.model import RBMConfig, RBMParams
+from trainer import pipeline
 from trainer.data import Dataset, Ratings
+from trainer.distributed import LocalCommunicator
 from trainer.indexing import IndexedRatings
-from trainer.pipeline import _choose_ranking, _Models
+from trainer.pipeline import LIKED_WEIGHTS, _Choice, _choose_ranking, _Models
 from trainer.train import TrainConfig
+from trainer.train_implicit import ImplicitResult
 
 MOVIES = np.array([10, 20, 30])
 LEVELS = (1.0, 2.0, 3.0, 4.0, 5.0)
@@ -35,9 +38,10 @@ def test_the_ranking_with_the_best_served_validation_ndcg_wins() -> None:
     # Validation: both users liked movie 20.
     #   expected_rating ranks 10 before 20: a hit at rank 2, NDCG 1/log2(3).
     #   liked_and_rated: 10 scores log(~1) + log sigmoid(-3) = -3.05, 20 scores
-    #     log P(>= 4) = about -20, + log sigmoid(4) = -0.02: 10 first again, NDCG 1/log2(3).
+    #     w * log P(>= 4) = w * (about -39), + log sigmoid(4) = -0.02: 10 first again for
+    #     every weight w tried (the smallest, 0.1, gives -3.9), NDCG 1/log2(3).
     #   rated ranks 20 first: NDCG 1.
-    level_bias = torch.full((5, 3), -10.0)
+    level_bias = torch.full((5, 3), -30.0)
     level_bias[4, 0] = level_bias[0, 1] = level_bias[2, 2] = 10.0  # (K, M)
     params = RBMParams(torch.zeros(15, 1), level_bias.reshape(-1), torch.zeros(1))
     implicit = RBMParams(torch.zeros(3, 1), torch.tensor([-3.0, 4.0, 0.0]), torch.zeros(1))
@@ -45,7 +49,67 @@ def test_the_ranking_with_the_best_served_validation_ndcg_wins() -> None:
     fit = IndexedRatings(np.array([1, 2]), np.array([0, 1, 2]), np.array([2, 2]), np.array([2, 2]))
     val = _ratings([1, 2], [20, 20], [5.0, 5.0])
     ds = Dataset("tiny", "holdout", _ratings([], [], []), val, MOVIES, ["a", "b", "c"], LEVELS, "")
-    ranking, ndcg = _choose_ranking(ds, models, TrainConfig(), RBMConfig(3, 5, 1), fit, val)
-    assert ranking == "rated"
+    choice, ndcg = _choose_ranking(ds, models, TrainConfig(), RBMConfig(3, 5, 1), fit, val)
+    assert choice.ranking == "rated"
     assert ndcg == pytest.approx(1.0)
     assert 1 / math.log2(3) < ndcg
+
+
+def test_the_weight_of_log_p_liked_is_chosen_on_validation_too() -> None:
+    # Four movies; both users rated movie 30 in training and liked movie 20 in validation.
+    #   movie 10: surely rated 5 (log P(liked) ~ 0), rarely rated: log P(rated) = -3.05
+    #   movie 20: rated 5 with P 0.12 (log P(liked) = -2.13), log P(rated) = -1.31
+    #   movie 40: surely rated 1 (log P(liked) ~ -19), often rated: log P(rated) = -0.69
+    # rated alone puts 40 first, 20 second: NDCG 1/log2(3); expected_rating puts 10 first.
+    # liked_and_rated with weight 1: 10 (-3.05) before 20 (-3.44): NDCG 1/log2(3) again.
+    # With weight 0.5, 20 (-2.37) beats 10 (-3.05) and 40 (-10.3): NDCG 1, the only way.
+    level_bias = torch.full((5, 4), -10.0)
+    level_bias[4, 0] = 10.0
+    level_bias[0, 1], level_bias[4, 1] = 2.0, 0.0
+    level_bias[2, 2] = level_bias[0, 3] = 10.0
+    params = RBMParams(torch.zeros(20, 1), level_bias.reshape(-1), torch.zeros(1))
+    implicit = RBMParams(torch.zeros(4, 1), torch.tensor([-3.0, -1.0, 0.0, 0.0]), torch.zeros(1))
+    models = _Models(params, implicit, None, 4, np.array([1, 2]))
+    fit = IndexedRatings(np.array([1, 2]), np.array([0, 1, 2]), np.array([2, 2]), np.array([2, 2]))
+    val = _ratings([1, 2], [20, 20], [5.0, 5.0])
+    movies = np.array([10, 20, 30, 40])
+    ds = Dataset("tiny", "holdout", _ratings([], [], []), val, movies, list("abcd"), LEVELS, "")
+    choice, ndcg = _choose_ranking(ds, models, TrainConfig(), RBMConfig(4, 5, 1), fit, val)
+    assert choice == _Choice("liked_and_rated", 0.5)  # ties: the larger weight
+    assert ndcg == pytest.approx(1.0)
+    assert 0.5 in LIKED_WEIGHTS and 1.0 in LIKED_WEIGHTS
+
+
+@pytest.mark.parametrize(("better", "chosen"), [(0.03, 0.03), (0.01, None)])
+def test_the_implicit_rbms_train_at_the_rate_best_on_validation(
+    monkeypatch: pytest.MonkeyPatch, better: float, chosen: float | None
+) -> None:
+    # The first implicit RBM is trained at every rate; the others at the winner's only.
+    calls: list[tuple[int, float | None]] = []
+
+    def fake(*args: object) -> ImplicitResult:
+        member, rate = args[7], args[8] if len(args) > 8 else None
+        assert isinstance(member, int)
+        calls.append((member, rate))  # type: ignore[arg-type]
+        effective = 0.01 if rate is None else rate
+        params = RBMParams(torch.full((3, 1), float(member)), torch.zeros(3), torch.zeros(1))
+        return ImplicitResult(params, 1, 0.2 if effective == better else 0.1)
+
+    monkeypatch.setattr(pipeline, "train_implicit", fake)
+    phases: list[str] = []
+    cfg = TrainConfig(implicit_learning_rate=0.01, implicit_alt_learning_rates=(0.03,))
+    empty = IndexedRatings(
+        np.array([1]), np.array([0, 0]), np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    )
+    members = pipeline._train_implicit_members(
+        empty, empty, 3, np.asarray(LEVELS), cfg, LocalCommunicator(), phases.append, None
+    )
+    assert calls == [(0, None), (0, 0.03), (1, chosen), (2, chosen)]
+    assert [float(m.weights[0, 0]) for m in members] == [0.0, 1.0, 2.0]
+    suffix = "" if chosen is None else f" lr={chosen:g}"
+    assert phases == [
+        "implicit RBM",
+        "implicit RBM lr=0.03",
+        f"implicit RBM 2{suffix}",
+        f"implicit RBM 3{suffix}",
+    ]
