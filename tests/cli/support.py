@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from ratinglog.cli import run as run_ratings
 from registry.cli import ModelHooks, run
 
-__all__ = ["Cli", "Ran", "assert_one_line_error", "assert_usage_error", "registry_cli"]
+__all__ = [
+    "Cli",
+    "Ran",
+    "assert_one_line_error",
+    "assert_usage_error",
+    "ratings_in_process",
+    "registry_cli",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,18 @@ class Ran:
 
 
 Cli = Callable[..., Ran]
+
+
+def ratings_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Run rbm-ratings in-process with ``args`` (Redis, prefix, registry) after the command's."""
+
+    def invoke(*argv: str) -> Ran:
+        capsys.readouterr()
+        code = run_ratings([*argv, *args])
+        stdout, stderr = capsys.readouterr()
+        return Ran(code, stdout, stderr)
+
+    return invoke
 
 
 def registry_cli(

@@ -22,9 +22,13 @@ from ratinglog import (
     impressions_key,
     stream_key,
 )
-from ratinglog.cli import run
 from registry.store import FileRegistry
-from tests.cli.support import Cli, Ran, assert_one_line_error, assert_usage_error
+from tests.cli.support import (
+    Cli,
+    assert_one_line_error,
+    assert_usage_error,
+    ratings_in_process,
+)
 from tests.harness.cli import BIN, REDIS_URL
 from tests.harness.redis import free_port
 from tests.ratinglog.support import register_version
@@ -73,13 +77,7 @@ def setup(redis_prefix: str, tmp_path: Path) -> Iterator[Setup]:
 def cli(setup: Setup, capsys: pytest.CaptureFixture[str]) -> Cli:
     """rbm-ratings in-process against the setup's streams and registry."""
 
-    def invoke(*argv: str) -> Ran:
-        capsys.readouterr()
-        code = run([*argv, *setup.args])
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return invoke
+    return ratings_in_process(setup.args, capsys)
 
 
 def ratings_cli(*argv: str) -> subprocess.CompletedProcess[str]:

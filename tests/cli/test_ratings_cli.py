@@ -19,9 +19,13 @@ import redis
 
 from ratinglog import Entry, RatingArchive, RatingRecord, encode_fields, stream_key
 from ratinglog.archive import KILL_ENV
-from ratinglog.cli import run
 from registry.store import FileRegistry
-from tests.cli.support import Cli, Ran, assert_one_line_error, assert_usage_error
+from tests.cli.support import (
+    Cli,
+    assert_one_line_error,
+    assert_usage_error,
+    ratings_in_process,
+)
 from tests.harness.cli import BIN, REDIS_URL, run_cli, train_args
 from tests.ratinglog.support import log_ratings, register_version
 
@@ -61,13 +65,7 @@ def setup(redis_prefix: str, tmp_path: Path) -> Iterator[Setup]:
 def cli(setup: Setup, capsys: pytest.CaptureFixture[str]) -> Cli:
     """rbm-ratings in-process against the setup's stream and registry."""
 
-    def invoke(*argv: str) -> Ran:
-        capsys.readouterr()
-        code = run([*argv, *setup.args])
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return invoke
+    return ratings_in_process(setup.args, capsys)
 
 
 def ratings_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
