@@ -46,7 +46,8 @@ import redis
 from ratinglog.archive import RatingArchive
 from ratinglog.format import MalformedEntry, entry_key, stream_key
 from ratinglog.impressions import Impression, decode_impression, impressions_key
-from ratinglog.stream import Page, RawEntry, read_after
+from ratinglog.retention import read_full_log
+from ratinglog.stream import Page, RawEntry
 
 __all__ = [
     "LIKED",
@@ -332,21 +333,12 @@ def _rating_pages(
     may have moved the ratings that followed old impressions into the archive, and may
     move more while this reads (the archive is looked at again after each XRANGE).
     """
-    key = stream_key(archive.prefix)
-    cursor = f"{start_ms - 1}-{_MAX_SEQ}" if start_ms > 0 else None  # entries after it
-    while True:
-        held = archive.last_id
-        if held is not None and (cursor is None or entry_key(held) > entry_key(cursor)):
-            for entries in archive.pages(after=cursor, until=held):
-                yield Page(entries, [], entries[-1][0])
-            cursor = held
-        page = read_after(client, key, cursor, page_size)
-        if archive.last_id != held:  # a trim archived past the cursor meanwhile: again
-            continue
+    after = f"{start_ms - 1}-{_MAX_SEQ}" if start_ms > 0 else None
+    pages = read_full_log(client, stream_key(archive.prefix), archive, page_size, after)
+    for page in pages:
         yield page
-        if page.size < page_size or page.last_id is None or entry_key(page.last_id)[0] > now_ms:
+        if page.last_id is not None and entry_key(page.last_id)[0] > now_ms:
             return
-        cursor = page.last_id
 
 
 def _pages(

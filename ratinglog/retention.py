@@ -155,18 +155,26 @@ def _append(
 
 
 def read_full_log(
-    client: redis.Redis, key: str, archive: RatingArchive, page_size: int = PAGE_SIZE
+    client: redis.Redis,
+    key: str,
+    archive: RatingArchive,
+    page_size: int = PAGE_SIZE,
+    after: str | None = None,
 ) -> Iterator[Page]:
-    """Every entry ever logged, the archive's then the stream's, in log order, once each.
+    """Every entry logged after ``after`` (None: ever), the archive's then the stream's, in
+    log order, once each.
 
     A trim running meanwhile moves entries from the stream to the archive: after each
     XRANGE the archive is looked at again, and what it gained past the entries read so far
     is read from it instead (the stream may have lost those before the XRANGE ran). Raises
     RedisError and ArchiveCorrupt.
     """
-    cursor = archive.last_id  # entries up to it come from the archive
-    for entries in archive.pages(until=cursor):
-        yield Page(entries, [], entries[-1][0])
+    cursor = after
+    held = archive.last_id  # entries up to it come from the archive
+    if held is not None and (cursor is None or entry_key(held) > entry_key(cursor)):
+        for entries in archive.pages(after=cursor, until=held):
+            yield Page(entries, [], entries[-1][0])
+        cursor = held
     while True:
         page = read_after(client, key, cursor, page_size)
         # A trim writes the manifest before it trims: if the archive did not grow past the
