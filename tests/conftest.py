@@ -41,6 +41,15 @@ def redis_prefix() -> Iterator[str]:
 
 
 @pytest.fixture
+def prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own (its rating log, impressions, cache); its keys
+    are removed after the test."""
+    name = f"rbmrec-t-{uuid.uuid4().hex[:8]}"
+    yield name
+    delete_keys(REDIS_URL, name)
+
+
+@pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     """A redis-server of the test's own (append-only), stopped after the test."""
     redis_server = OwnRedis(tmp_path)

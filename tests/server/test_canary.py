@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from registry.store import FileRegistry
 from server.canary import BUCKETS, Split, bucket
 from tests.harness.cli import REDIS_URL, TrainedModel, run_cli
 from tests.harness.metrics import metric
-from tests.harness.redis import delete_keys, wait_for
+from tests.harness.redis import wait_for
 from tests.harness.registry import copy_registry, register_copy
 from tests.harness.server import RunningServer, start_server
 
@@ -62,14 +60,6 @@ def registry(trained: TrainedModel, tmp_path: Path) -> FileRegistry:
     registry = copy_registry(trained, tmp_path)
     registry.set_alias("rbm", "canary", register_copy(registry), reason="test: canary")
     return registry
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """Redis keys of this test's own (its impression stream among them)."""
-    name = f"rbmrec-canary-{uuid.uuid4().hex[:8]}"
-    yield name
-    delete_keys(REDIS_URL, name)
 
 
 def _info(server: RunningServer) -> pb.ModelInfo:

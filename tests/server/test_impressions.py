@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
 from ratinglog.impressions import Impression, decode_impression, impressions_key
 from server.impressions import ImpressionConfig, RedisImpressions
 from tests.harness.cli import REDIS_URL
-from tests.harness.redis import delete_keys
 
 NODE = 100  # Redis's stream-node-max-entries: approximate trimming works in whole nodes
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """Keys of this test's own."""
-    name = f"rbmrec-impr-{uuid.uuid4().hex[:8]}"
-    yield name
-    delete_keys(REDIS_URL, name)
 
 
 def _write(

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from ratinglog.impressions import impressions_key
@@ -17,20 +14,12 @@ from registry.store import FileRegistry
 from server.canary import Split
 from tests.harness.calls import update
 from tests.harness.cli import REDIS_URL, TrainedModel, run_cli
-from tests.harness.redis import delete_keys, wait_for
+from tests.harness.redis import wait_for
 from tests.harness.registry import copy_registry, register_copy
 from tests.harness.server import RunningServer, start_server
 
 WINDOW_H = 0.001  # 3.6 s: the test waits for it to close (only settled windows count)
 X, Y, A, B = 1, 2, 50, 100  # ml-100k movie ids
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """Redis keys of this test's own: its rating log and impression stream."""
-    name = f"rbmrec-online-{uuid.uuid4().hex[:8]}"
-    yield name
-    delete_keys(REDIS_URL, name)
 
 
 def _recommend(server: RunningServer, user: int, *movies: int) -> str:

@@ -11,10 +11,8 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from ratinglog import RatingRecord, encode_fields, stream_key
@@ -23,7 +21,7 @@ from rbmrec.v1 import recommender_pb2 as pb
 from tests.harness.calls import Load, recommend
 from tests.harness.cli import REDIS_URL, TrainedModel, movielens_dir, run_cli, train_model
 from tests.harness.metrics import metric
-from tests.harness.redis import OwnRedis, delete_keys, wait_for
+from tests.harness.redis import OwnRedis, wait_for
 from tests.harness.registry import copy_registry, register_copy
 from tests.harness.server import RunningServer, start_server
 
@@ -54,14 +52,6 @@ def _top(
     request = pb.RecommendRequest(user_id=user, n=n, include_rated=include_rated)
     reply: pb.RecommendResponse = server.stub.Recommend(request, timeout=30)
     return reply
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A Redis prefix of the test's own; its keys go after."""
-    name = f"rbmrec-life-{uuid.uuid4().hex[:8]}"
-    yield name
-    delete_keys(REDIS_URL, name)
 
 
 def test_a_repeated_update_id_is_logged_once(server: RunningServer, redis_prefix: str) -> None:
