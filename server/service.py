@@ -26,9 +26,13 @@ from server.metrics import Metrics, RpcTimer
 from server.ratings import RatingRecord
 from server.recommender import PredictJob, RecommendJob, Served
 
-__all__ = ["RecommenderService", "status_for"]
+__all__ = ["STREAM_ACCEPTED", "RecommenderService", "status_for"]
 
 log = logging.getLogger(__name__)
+
+# Sent as soon as an UpdateRatings stream is accepted, before any update is read (the
+# contract is in recommender.proto; rbmrec_client.STREAM_ACCEPTED is the same pair).
+STREAM_ACCEPTED = ("rbmrec-stream", "accepted")
 
 _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -264,6 +268,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         A repeated ``update_id`` is acknowledged again (``duplicate``), never logged twice.
         """
         with self.metrics.rpc("UpdateRatings") as call:
+            await context.send_initial_metadata((STREAM_ACCEPTED,))
             try:
                 async for update in _parsed(request_iterator):
                     record = RatingRecord(

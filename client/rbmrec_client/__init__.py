@@ -9,7 +9,7 @@ with RecommenderClient("127.0.0.1:50051", token=None) as client:
 
 from rbmrec_client._async_client import AsyncRecommenderClient
 from rbmrec_client._client import RecommenderClient
-from rbmrec_client._config import DEFAULT_TIMEOUT_S, RETRIED_METHODS, ClientConfig
+from rbmrec_client._config import DEFAULT_TIMEOUT_S, RETRIED_METHODS, STREAM_ACCEPTED, ClientConfig
 from rbmrec_client._exceptions import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -35,6 +35,7 @@ from rbmrec_client._models import (
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "RETRIED_METHODS",
+    "STREAM_ACCEPTED",
     "AsyncRecommenderClient",
     "ClientConfig",
     "DeadlineExceededError",

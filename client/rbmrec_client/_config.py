@@ -10,9 +10,21 @@ import grpc
 
 from rbmrec_client._proto import recommender_pb2 as pb
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RETRIED_METHODS", "ClientConfig", "method_path", "service_config"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "RETRIED_METHODS",
+    "STREAM_ACCEPTED",
+    "ClientConfig",
+    "method_path",
+    "service_config",
+]
 
 DEFAULT_TIMEOUT_S = 10.0
+
+# The server sends this header as soon as it accepts an UpdateRatings stream, before it
+# reads an update. A client that waits for it never writes into a stream the server has
+# already refused, which is what lets an asyncio client report the server's own status.
+STREAM_ACCEPTED = ("rbmrec-stream", "accepted")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]  # "rbmrec.v1.Recommender"
 

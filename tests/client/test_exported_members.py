@@ -15,6 +15,7 @@ EXPECTED = {
     "PermissionDeniedError",
     "Predictions",
     "RETRIED_METHODS",
+    "STREAM_ACCEPTED",
     "Rating",
     "RatingAck",
     "RecommendQuery",
