@@ -9,7 +9,7 @@ states can be computed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,15 @@ from torch import Tensor
 
 from rbm.encoder import HiddenEncoder
 from rbm.implicit import implicit_config
-from rbm.model import RANKINGS, ItemModel, Ranking, RatingsBatch, RBMConfig, RBMParams
+from rbm.model import (
+    RANKINGS,
+    ItemModel,
+    Ranking,
+    RatingBlend,
+    RatingsBatch,
+    RBMConfig,
+    RBMParams,
+)
 from rbm.scoring import Scorer
 
 __all__ = [
@@ -111,6 +119,7 @@ class Checkpoint:
             self.blend_ranking,
             self.liked_weight,
             1.0 / self.implicit_models,
+            self.user_indptr.diff(),
         )
         return scorer.eval().to(device)
 
@@ -183,6 +192,8 @@ class Checkpoint:
                     raise ValueError("item_movie_hidden must be (movies, item hidden units)")
                 if not 0.0 <= self.item.blend <= 1.0:
                     raise ValueError(f"item blend {self.item.blend} is outside [0, 1]")
+                if self.item.rating_blend is not None:
+                    self.item.rating_blend.check()
         except ValueError as exc:
             raise CheckpointError(str(exc)) from exc
         m, u = self.config.n_movies, int(self.user_ids.numel())
@@ -237,6 +248,11 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "dataset": ckpt.dataset,
         "ranking": ckpt.ranking,
         "item_blend": None if ckpt.item is None else ckpt.item.blend,
+        "rating_blend": (
+            None
+            if ckpt.item is None or ckpt.item.rating_blend is None
+            else asdict(ckpt.item.rating_blend)
+        ),
         "blend_ranking": ckpt.blend_ranking,
         "liked_weight": ckpt.liked_weight,
         "implicit_models": ckpt.implicit_models,
@@ -277,6 +293,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
                     RBMParams.from_named(t, ITEM_PREFIX),
                     t[ITEM_PREFIX + "movie_hidden"],
                     float(meta["item_blend"]),
+                    _rating_blend(meta.get("rating_blend")),
                 )
                 if ITEM_PREFIX + "weights" in t
                 else None
@@ -287,6 +304,11 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         raise CheckpointError(f"inconsistent checkpoint in {directory}: {exc}") from exc
     ckpt.check()
     return ckpt
+
+
+def _rating_blend(stored: dict[str, Any] | None) -> RatingBlend | None:
+    """The rating blend stored in the JSON; None for versions from before it."""
+    return None if stored is None else RatingBlend(**{k: float(v) for k, v in stored.items()})
 
 
 def smoke_test(directory: Path) -> None:

@@ -14,7 +14,8 @@ ONNX export. It imports only torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "RBMConfig",
     "RBMParams",
     "Ranking",
+    "RatingBlend",
     "RatingsBatch",
     "cd_statistics",
     "entry_level_probabilities",
@@ -117,18 +119,63 @@ class RBMParams:
                 raise ValueError(f"{name} holds NaN or infinite values")
 
 
+@dataclass(frozen=True)
+class RatingBlend:
+    """How the user- and item-based expected ratings u and i combine for a known user.
+
+    ``bias + user_weight*u + item_weight*i + (i - u)*(movie_slope*m + user_slope*n)``, with
+    m and n the log(1 + training ratings) of the movie and of the user, less their centres:
+    a linear blend (its weights need not sum to one: both RBMs' expectations are pulled
+    toward the mean, and the fit stretches them back) whose item share moves with how
+    much is known of the movie and the user. Fitted by least squares on validation.
+    """
+
+    bias: float = 0.0
+    user_weight: float = 1.0
+    item_weight: float = 0.0
+    movie_slope: float = 0.0
+    user_slope: float = 0.0
+    movie_center: float = 0.0
+    user_center: float = 0.0
+
+    @classmethod
+    def from_share(cls, share: float) -> RatingBlend:
+        """The plain mix ``share*i + (1 - share)*u`` (what versions before the fit served)."""
+        return cls(user_weight=1.0 - share, item_weight=share)
+
+    def apply(self, user: Tensor, item: Tensor, movie_log: Tensor, user_log: Tensor) -> Tensor:
+        """The blended rating; ``movie_log`` and ``user_log`` broadcast against u and i."""
+        slope = self.movie_slope * (movie_log - self.movie_center) + self.user_slope * (
+            user_log - self.user_center
+        )
+        return self.bias + self.user_weight * user + self.item_weight * item + (item - user) * slope
+
+    def check(self) -> None:
+        """Raise ValueError if a coefficient is NaN or infinite."""
+        if not all(math.isfinite(v) for v in asdict(self).values()):
+            raise ValueError(f"rating blend {self} holds NaN or infinite values")
+
+
 @dataclass
 class ItemModel:
     """The item-based softmax RBM: a case per movie, visible units = the training users.
 
     Its visible unit k*U + u is "user row u rated the movie at level k", with user rows
     those of ``Checkpoint.user_ids``. ``movie_hidden`` holds P(h | the movie's training
-    ratings); ``blend`` is the share of its prediction for users it knows.
+    ratings); ``blend`` is the share of its level distribution mixed into P(liked) when
+    the ranking uses the blend, and ``rating_blend`` how its expected rating combines with
+    the user-based one (None: ``blend`` as a plain mix, as versions before it had).
     """
 
     params: RBMParams  # weights (K*U, F2), visible_bias (K*U,), hidden_bias (F2,)
     movie_hidden: Tensor  # (M, F2)
     blend: float
+    rating_blend: RatingBlend | None = None
+
+    @property
+    def ratings(self) -> RatingBlend:
+        """The rating blend this model serves."""
+        return self.rating_blend or RatingBlend.from_share(self.blend)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from rbm.implicit import log_sigmoid
-from rbm.model import LIKED_AT, RANKINGS, ItemModel, Ranking, RBMParams
+from rbm.model import LIKED_AT, RANKINGS, ItemModel, Ranking, RatingBlend, RBMParams
 
 __all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer"]
 
@@ -52,6 +52,8 @@ class Scorer(nn.Module):
     item_weights: Tensor
     item_bias: Tensor
     movie_hidden_t: Tensor
+    movie_log_count: Tensor
+    user_log_count: Tensor
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class Scorer(nn.Module):
         blend_ranking: bool = False,
         liked_weight: float = 1.0,
         implicit_scale: float = 1.0,
+        user_counts: Tensor | None = None,
     ) -> None:
         super().__init__()
         if ranking not in RANKINGS:
@@ -91,6 +94,9 @@ class Scorer(nn.Module):
             self.register_buffer("implicit_weights", implicit.weights.to(like))
             self.register_buffer("implicit_visible_bias", implicit.visible_bias.to(like))
         self.blend = 0.0 if item is None else item.blend
+        self.rating_blend = RatingBlend() if item is None else item.ratings
+        # Whether known users' ratings involve the item RBM at all (not for a share of 0).
+        self.item_rates = item is not None and (item.blend > 0 or item.rating_blend is not None)
         if item is not None:
             n_item = item.params.hidden_bias.numel()
             per_user = item.params.weights.view(n_levels, -1, n_item).permute(1, 0, 2)
@@ -98,6 +104,10 @@ class Scorer(nn.Module):
             bias = item.params.visible_bias.view(n_levels, -1).t().contiguous()
             self.register_buffer("item_bias", bias.to(like))  # (U, K)
             self.register_buffer("movie_hidden_t", item.movie_hidden.t().contiguous().to(like))
+            # The rating blend's features: log(1 + training ratings) of movies and users.
+            self.register_buffer("movie_log_count", torch.log1p(counts).to(like))  # (M,)
+            users = torch.zeros(per_user.shape[0]) if user_counts is None else user_counts
+            self.register_buffer("user_log_count", torch.log1p(users.float()).to(like))  # (U,)
         self.ranking = ranking
         # Rank on the blended level distribution too (costs an item pass over every movie).
         self.blend_ranking = blend_ranking and self.blend > 0.0 and ranking != "rated"
@@ -140,7 +150,7 @@ class Scorer(nn.Module):
         if not self.blend_ranking:
             return user
         # The blend mixes the two models' level distributions with weight `share`, so
-        # P(liked) mixes the same way (and its expected rating is predict_at's blend).
+        # P(liked) mixes the same way.
         item_logits = self._item_logits(item_rows, self.movie_hidden_t)  # (B, K, M)
         item = torch.logsumexp(item_logits[:, self.liked_from :, :], dim=1) - torch.logsumexp(
             item_logits, dim=1
@@ -153,20 +163,26 @@ class Scorer(nn.Module):
         """Predicted ratings at ``movies`` (B, n), or every movie for None: (B, n or M).
 
         The user-based RBM's expected rating, blended with the item-based RBM's for the
-        users it knows (``item_rows`` >= 0). ``logits`` come from ``score``.
+        users it knows (``item_rows`` >= 0) as the item model's ``RatingBlend`` says, within
+        the rating scale. ``logits`` come from ``score``.
         """
+        blended = self.item_rates
         if movies is None:
             expected = self._expected(logits)
-            columns = self.movie_hidden_t if self.blend > 0.0 else None  # (F2, M)
+            columns = self.movie_hidden_t if blended else None  # (F2, M)
         else:
             picked = torch.gather(logits, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
             expected = self._expected(picked)
-            columns = self.movie_hidden_t.t()[movies].transpose(1, 2) if self.blend > 0.0 else None
+            columns = self.movie_hidden_t.t()[movies].transpose(1, 2) if blended else None
         if columns is None:
             return expected
         item = self._expected(self._item_logits(item_rows, columns))  # (B, n)
-        share = self._share(item_rows)
-        return share * item + (1 - share) * expected
+        movie_log = self.movie_log_count if movies is None else self.movie_log_count[movies]
+        user_log = self.user_log_count[item_rows.clamp(min=0)].unsqueeze(1)  # (B, 1)
+        mixed = self.rating_blend.apply(expected, item, movie_log, user_log)
+        lowest, highest = self.levels[0, 0, 0], self.levels[0, -1, 0]
+        known = (item_rows >= 0).unsqueeze(1)
+        return torch.where(known, torch.clamp(mixed, lowest, highest), expected)
 
     def _expected(self, logits: Tensor) -> Tensor:
         return (torch.softmax(logits, dim=1) * self.levels).sum(dim=1)

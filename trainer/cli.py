@@ -410,8 +410,10 @@ class _Progress:
         """One epoch of the RBM whose phase is open."""
         self._last = p
         if self._bar is not None:
-            postfix = {"k": p.cd_k, "recon_rmse": f"{p.recon_rmse:.3f}", p.metric: f"{p.val:.4f}"}
-            self._bar.set_postfix(postfix | {"best": p.best_epoch}, refresh=False)
+            postfix: dict[str, object] = {"k": p.cd_k, "recon_rmse": f"{p.recon_rmse:.3f}"}
+            if not math.isnan(p.val):  # a refit has no validation figure
+                postfix |= {p.metric: f"{p.val:.4f}", "best": p.best_epoch}
+            self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(1)
 
     def finish(self) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "LoopResult",
     "momentum_step",
     "reduced_stats",
+    "run_fixed",
     "run_loop",
     "state_tensors",
 ]
@@ -254,6 +255,32 @@ def run_loop(
             log.info("%s: early stop at epoch %d (best %d)", spec.name, epoch, best.epoch)
             break
     return LoopResult(best.params, best.epoch, best.value, history)
+
+
+def run_fixed(
+    spec: LoopConfig,
+    model: LoopModel,
+    comm: Communicator | None = None,
+    on_epoch: Callable[[EpochProgress], None] | None = None,
+) -> LoopResult:
+    """Train ``model`` for exactly ``spec.epochs`` epochs and return the last parameters.
+
+    For a refit on data that includes the validation slice, with the epoch count an
+    early-stopped run chose: nothing is left to validate on, so nothing is (``val`` NaN).
+    """
+    comm = comm or LocalCommunicator()
+    state = _State.start(spec, model, comm)
+    history: list[EpochProgress] = []
+    for epoch, lr in zip(range(1, spec.epochs + 1), spec.learning_rates(), strict=False):
+        k, recon_rmse = _run_epoch(spec, model, state, epoch - 1, lr, comm)
+        comm.sync(state.tensors())
+        progress = EpochProgress(
+            spec.name, epoch, spec.epochs, k, recon_rmse, spec.metric, math.nan, epoch
+        )
+        history.append(progress)
+        if on_epoch is not None:
+            on_epoch(progress)
+    return LoopResult(state.params, spec.epochs, math.nan, history)
 
 
 def _run_epoch(

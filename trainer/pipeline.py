@@ -7,7 +7,7 @@ checkpoint (``evaluate_models``) on rank 0 only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,9 +31,16 @@ from trainer.loop import EpochProgress
 from trainer.predict import predict_indexed
 from trainer.rating_log import LogMerge, RatingLog, merge_log
 from trainer.served_eval import engine_for, evaluate_served
-from trainer.train import EpochReport, TrainConfig, TrainResult, train
+from trainer.train import (
+    EpochReport,
+    TrainConfig,
+    TrainResult,
+    model_configs,
+    refit_softmax,
+    train,
+)
 from trainer.train_implicit import implicit_phase, train_implicit
-from trainer.train_item import train_item_based
+from trainer.train_item import refit_item, train_item_based
 
 __all__ = [
     "LIKED_WEIGHTS",
@@ -231,19 +238,31 @@ def fit_models(
         implicit = combine_implicit(
             _train_implicit_members(fit, val, ix.n_movies, levels_np, cfg, comm, phase, on_progress)
         )
-    item, val_rmse = None, result.best_val_rmse
+    item, item_fit, val_rmse = None, None, result.best_val_rmse
+    own_all = ix.index(train_all, train_users)
     if cfg.n_hidden_item:
         phase("item RBM")
         user_val = predict_indexed(params, rbm_config, fit, val, levels)
-        own_all = ix.index(train_all, train_users)
-        item, val_rmse = train_item_based(
+        item_fit = train_item_based(
             fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm, on_progress
         )
+        item, val_rmse = item_fit.model, item_fit.val_rmse
     models = _Models(params, implicit, item, ix.n_movies, train_users, cfg.implicit_models)
     phase("ranking")
     choice, val_ndcg = comm.decide(
         lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)
     )
+    if cfg.refit:  # after every choice made on validation, which a refit model has seen
+        specs = model_configs(cfg)
+        phase(f"{specs.user.name} refit")
+        refitted = refit_softmax(
+            own_all, rbm_config, specs.user, result.best_epoch, comm, on_progress
+        )
+        models = replace(models, params=refitted)
+        if item_fit is not None and specs.item is not None:
+            phase(f"{specs.item.name} refit")
+            refitted_item = refit_item(item_fit, own_all, ix.n_movies, cfg, comm, on_progress)
+            models = replace(models, item=refitted_item)
     return FittedModels(
         models,
         rbm_config,

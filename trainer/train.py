@@ -7,8 +7,9 @@ which ``trainer.loop.run_loop`` trains.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from trainer.loop import (
     LoopModel,
     momentum_step,
     reduced_stats,
+    run_fixed,
     run_loop,
     state_tensors,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "minibatch_stats",
     "model_configs",
     "momentum_step",
+    "refit_softmax",
     "softmax_model",
     "softmax_stats",
     "state_tensors",
@@ -81,6 +84,9 @@ class TrainConfig:
     item_epochs: int = 60
     # Whether the item-based blend also enters the ranking (bench/quality.py measures it).
     blend_ranking: bool = False
+    # Train the user- and item-based RBMs again on the whole training part (the validation
+    # slice too) for the epochs early stopping chose; the choices made on validation stay.
+    refit: bool = True
 
     def __post_init__(self) -> None:
         positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")
@@ -273,6 +279,30 @@ def softmax_model(
         stats=softmax_stats(train_part, rbm_config),
         validate=lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device),
     )
+
+
+def refit_softmax(
+    data: IndexedRatings,
+    rbm_config: RBMConfig,
+    spec: LoopConfig,
+    epochs: int,
+    comm: Communicator | None = None,
+    on_epoch: Callable[[EpochProgress], None] | None = None,
+) -> RBMParams:
+    """A softmax RBM trained on all of ``data`` for ``epochs`` epochs as ``spec`` says.
+
+    The refit after early stopping: the same schedule and seed, on data that now includes
+    the validation slice, for the epoch count that slice chose; hence no validation.
+    """
+    vb = visible_bias_from_counts(data, rbm_config.n_movies, rbm_config.n_levels)
+    model = LoopModel(
+        n_cases=len(data.user_ids),
+        init=lambda gen: RBMParams.init(rbm_config, gen, vb),
+        stats=softmax_stats(data, rbm_config),
+        validate=lambda params: math.nan,
+    )
+    fixed = replace(spec, name=f"{spec.name} refit", epochs=max(epochs, 1))
+    return run_fixed(fixed, model, comm, on_epoch).params
 
 
 def softmax_stats(data: IndexedRatings, rbm_config: RBMConfig) -> LocalStats:

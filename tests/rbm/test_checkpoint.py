@@ -17,7 +17,7 @@ from rbm.checkpoint import (
     save_checkpoint,
     smoke_test,
 )
-from rbm.model import ItemModel, RBMConfig, RBMParams
+from rbm.model import ItemModel, RatingBlend, RBMConfig, RBMParams
 from rbm.onnx_export import INPUT_NAME, ITEM_ROWS_NAME, export_checkpoint
 
 M, K, F, F2, USERS = 5, 5, 3, 2, 3
@@ -48,11 +48,16 @@ def _checkpoint(
         popularity=torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0]),
         ranking="liked_and_rated",
         implicit=_params(M, 2 * implicit_models, gen),
-        item=ItemModel(_params(K * USERS, F2, gen), torch.rand(M, F2, generator=gen), 0.6),
+        item=ItemModel(
+            _params(K * USERS, F2, gen), torch.rand(M, F2, generator=gen), 0.6, RATING_BLEND
+        ),
         blend_ranking=blend_ranking,
         liked_weight=liked_weight,
         implicit_models=implicit_models,
     )
+
+
+RATING_BLEND = RatingBlend(-0.3, 0.4, 0.7, 0.05, -0.02, 0.5, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,7 @@ def test_saved_model_serves_what_it_says(
     assert loaded.blend_ranking is blend_ranking
     assert loaded.scorer().blend_ranking is blend_ranking
     assert (loaded.implicit_models, loaded.liked_weight) == (implicit_models, liked_weight)
+    assert loaded.item is not None and loaded.item.rating_blend == RATING_BLEND
     assert loaded.scorer().implicit_scale == pytest.approx(1 / implicit_models)
     smoke_test(tmp_path)
 
@@ -99,10 +105,13 @@ def test_a_checkpoint_without_the_newer_keys_loads_with_their_defaults(tmp_path:
     # RBM, log P(liked) at weight 1, which is what they were trained and chosen with.
     save_checkpoint(_checkpoint(False), tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
-    del meta["liked_weight"], meta["implicit_models"]
+    del meta["liked_weight"], meta["implicit_models"], meta["rating_blend"]
     (tmp_path / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     loaded = load_checkpoint(tmp_path)
     assert (loaded.implicit_models, loaded.liked_weight) == (1, 1.0)
+    # Before the fitted rating blend: the plain mix at the item blend's share.
+    assert loaded.item is not None and loaded.item.rating_blend is None
+    assert loaded.item.ratings == RatingBlend.from_share(0.6)
 
 
 def test_implicit_hidden_units_must_split_evenly_into_the_models(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rbm.model import ItemModel, RBMParams
+from rbm.model import ItemModel, RatingBlend, RBMParams
 from rbm.scoring import Scorer
 
 M, K, F, USERS, F2 = 6, 5, 4, 3, 2
@@ -82,3 +82,31 @@ def test_blend_ranking_ranks_on_the_blended_distribution() -> None:
 def test_blend_ranking_is_off_without_a_blend(ranking: str) -> None:
     assert not _scorer(ranking, blend_ranking=True, blend=0.0).blend_ranking
     assert not _scorer("rated", blend_ranking=True).blend_ranking
+
+
+def test_a_fitted_rating_blend_is_served_within_the_scale_for_known_users_only() -> None:
+    gen = torch.Generator().manual_seed(7)
+    params = _random(K * M, F, gen)
+    item_params = _random(K * USERS, F2, gen)
+    movie_hidden = torch.rand(M, F2, generator=gen)
+    blend = RatingBlend(-0.5, 0.6, 1.2, 0.3, -0.2, 1.0, 2.0)  # stretched: some go off 1..5
+    popularity, user_counts = torch.tensor([0.0, 1, 3, 7, 20, 54]), torch.tensor([2, 9, 30])
+    item = ItemModel(item_params, movie_hidden, 0.4, blend)
+    scorer = Scorer(params, LEVELS, "rated", popularity, None, item, user_counts=user_counts)
+    plain = Scorer(
+        params, LEVELS, "rated", popularity, None, ItemModel(item_params, movie_hidden, 1.0)
+    )
+    hidden = HIDDEN[:, :F]
+    _, logits = scorer.score(hidden, ROWS)
+    every = scorer.predict_at(logits, ROWS, None)
+    user = plain.predict_at(logits, torch.full_like(ROWS, -1), None)  # the user RBM alone
+    item_alone = plain.predict_at(logits, ROWS.clamp(min=0), None)  # share 1: the item RBM
+    slope = 0.3 * (torch.log1p(popularity) - 1.0) - 0.2 * (
+        torch.log1p(user_counts[ROWS.clamp(min=0)].float()) - 2.0
+    ).unsqueeze(1)
+    want = (-0.5 + 0.6 * user + 1.2 * item_alone + (item_alone - user) * slope).clamp(1.0, 5.0)
+    torch.testing.assert_close(every[[0, 2]], want[[0, 2]])
+    torch.testing.assert_close(every[1], user[1])  # unknown to the item RBM: user RBM only
+    assert bool((want[[0, 2]] == 5.0).any() or (want[[0, 2]] == 1.0).any())  # clamped
+    movies = torch.tensor([[5, 0], [2, 2], [1, 3]])
+    torch.testing.assert_close(scorer.predict_at(logits, ROWS, movies), every.gather(1, movies))

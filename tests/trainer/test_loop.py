@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import fields, replace
+from dataclasses import astuple, fields, replace
 
 import numpy as np
 import pytest
 import torch
 
-from rbm.model import CDStats, RBMConfig, RBMParams
+from rbm.model import CDStats, RatingBlend, RBMConfig, RBMParams
 from trainer.indexing import IndexedRatings
 from trainer.loop import EpochProgress, LoopConfig, LoopModel, run_loop
 from trainer.train import TrainConfig, model_configs
@@ -236,8 +236,54 @@ def test_the_blend_with_the_lowest_validation_rmse_is_chosen(
     params = RBMParams.init(RBMConfig(2, 5, 1), torch.Generator().manual_seed(0))
     fit_t = transpose(VAL, N_MOVIES)  # unused by the stand-in prediction
     config = RBMConfig(2, 5, 1)
-    got_blend, got_rmse = _choose_blend(
-        params, config, fit_t, val_t, VAL, user_pred, LEVELS, N_MOVIES
+    got_blend, rating_blend, got_rmse = _choose_blend(
+        params, config, VAL, fit_t, val_t, VAL, user_pred, LEVELS, N_MOVIES
     )
     assert got_blend == blend
+    # Five validation ratings are too few to fit five coefficients on: the share serves.
+    assert rating_blend == RatingBlend.from_share(blend)
     assert got_rmse == pytest.approx(rmse, abs=1e-6)
+
+
+def test_the_rating_blend_is_fitted_on_validation_and_beats_any_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 40 users x 12 movies; the truth is a known linear blend of the two predictions whose
+    # item share grows with the movie's and the user's training counts.
+    gen = np.random.default_rng(0)
+    n_users, n_movies = 40, 12
+    indptr = np.arange(0, n_users * n_movies + 1, n_movies)
+    movies = np.tile(np.arange(n_movies), n_users)
+    fit = IndexedRatings(
+        np.arange(n_users),
+        np.concatenate([[0], np.cumsum(gen.integers(1, 30, n_users))]),
+        np.zeros(0, dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+    )
+    fit_movies = gen.integers(0, n_movies, int(fit.indptr[-1]))
+    fit = IndexedRatings(fit.user_ids, fit.indptr, fit_movies, np.zeros_like(fit_movies))
+    user_pred = torch.from_numpy(gen.uniform(2.0, 4.0, len(movies)))
+    item_pred = torch.from_numpy(gen.uniform(2.0, 4.0, len(movies)))
+    m_log = np.log1p(np.bincount(fit_movies, minlength=n_movies))[movies]
+    u_log = np.log1p(np.diff(fit.indptr))[np.repeat(np.arange(n_users), n_movies)]
+    want = RatingBlend(0.2, 0.3, 0.8, 0.1, -0.05, float(m_log.mean()), float(u_log.mean()))
+    truth = want.apply(user_pred, item_pred, torch.from_numpy(m_log), torch.from_numpy(u_log))
+    levels = torch.linspace(1.0, 5.0, 81, dtype=torch.float64)  # a 0.05 grid
+    level_of = torch.round((truth - 1.0) / 0.05).long()
+    val = IndexedRatings(np.arange(n_users), indptr, movies, level_of.numpy())
+    val_t = transpose(val, n_movies)
+    order = np.lexsort((np.repeat(np.arange(n_users), n_movies), movies))
+    monkeypatch.setattr(
+        "trainer.train_item.predict_indexed", lambda *args: item_pred[torch.from_numpy(order)]
+    )
+    params = RBMParams.init(RBMConfig(n_users, 5, 1), torch.Generator().manual_seed(0))
+    share, fitted, rmse = _choose_blend(
+        params, RBMConfig(n_users, 5, 1), fit, val_t, val_t, val, user_pred, levels, n_movies
+    )
+    for got, expected in zip(astuple(fitted), astuple(want), strict=True):
+        assert got == pytest.approx(expected, abs=0.02)
+    assert rmse < 0.02  # what is left is the rounding to the 0.05 grid (~0.0144)
+    shared = RatingBlend.from_share(share).apply(
+        user_pred, item_pred, torch.from_numpy(m_log), torch.from_numpy(u_log)
+    )
+    assert float(torch.sqrt((shared - truth).pow(2).mean())) > 5 * rmse
