@@ -89,6 +89,13 @@ def test_every_phase_has_its_own_progress_bar_on_stderr(refused: Refused) -> Non
     firsts = [next(i for i, line in enumerate(lines) if line.startswith(p)) for p in PHASES]
     assert firsts == sorted(firsts), "phases start in order: user, implicit, item, evaluation"
     assert "%|" not in proc.stdout and "early stop" not in proc.stdout
+    # The refits run after the ranking choice, for the epochs early stopping kept.
+    for model in ("user RBM", "item RBM"):
+        trained = [line for line in lines if line.startswith(f"{model}:") and "best=" in line]
+        best = re.findall(r"best=(\d+)", trained[-1])[-1]
+        refit = [line for line in lines if line.startswith(f"{model} refit:")]
+        assert refit and f"{best}epoch" in refit[-1].replace(" ", ""), (best, refit)
+        assert lines.index(refit[0]) > firsts[-1], "after the ranking choice"
 
 
 def test_a_phase_that_stops_early_says_so_in_one_line(refused: Refused) -> None:
@@ -111,6 +118,17 @@ def test_quiet_shows_no_progress_and_no_early_stop() -> None:
     assert "registered" not in json.loads(proc.stdout)
 
 
+def test_no_refit_registers_the_early_stopped_models(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    budgets = ["--implicit-epochs", "1", "--item-epochs", "1", "--no-refit"]
+    args = [a for a in train_args(root, *budgets, epochs=1) if a != "--quiet"]
+    proc = _train(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "refit" not in proc.stderr  # no refit phase ran
+    (version,) = FileRegistry(root).list_versions("rbm")
+    assert version.meta.params["refit"] is False
+
+
 @pytest.mark.parametrize("flag", ["--hidden", "--epochs", "--implicit-epochs", "--item-epochs"])
 @pytest.mark.parametrize("value", ["-5", "0"])
 def test_a_bad_number_names_its_flag(
@@ -127,7 +145,7 @@ def test_help_shows_the_defaults() -> None:
     flat = " ".join(out.split("options:", 1)[1].split())  # the options, not the usage
     for flag, default in [
         ("--epochs N", "40"),
-        ("--hidden N", "100"),
+        ("--hidden N", "200"),
         ("--implicit-epochs N", "30"),
         ("--item-epochs N", "60"),
         ("--seed N", "0"),

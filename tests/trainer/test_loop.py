@@ -12,7 +12,7 @@ import torch
 
 from rbm.model import CDStats, RatingBlend, RBMConfig, RBMParams
 from trainer.indexing import IndexedRatings
-from trainer.loop import EpochProgress, LoopConfig, LoopModel, run_loop
+from trainer.loop import EpochProgress, LoopConfig, LoopModel, run_fixed, run_loop
 from trainer.train import TrainConfig, model_configs
 from trainer.train_item import _choose_blend, transpose
 
@@ -110,6 +110,18 @@ def test_steady_improvement_runs_the_whole_budget() -> None:
 def test_a_non_finite_figure_fails_the_run() -> None:
     with pytest.raises(FloatingPointError, match="toy: val_toy is nan at epoch 2"):
         run_loop(_spec(), _Toy([1.0, math.nan, 0.5]).hooks())
+
+
+def test_a_fixed_run_trains_its_epochs_without_validating_and_keeps_the_last() -> None:
+    toy = _Toy([])  # a validation would index past the empty script
+    progress: list[EpochProgress] = []
+    result = run_fixed(_spec(epochs=4), toy.hooks(), on_epoch=progress.append)
+    assert [p.epoch for p in progress] == [1, 2, 3, 4] and toy.seen == []
+    assert all(math.isnan(p.val) for p in progress) and result.best_epoch == 4
+    # The same steps as the first four epochs of an early-stopped run, and its last weights.
+    steady = _Toy([10.0 - e for e in range(4)])
+    same = run_loop(_spec(epochs=4), steady.hooks())
+    assert torch.equal(result.params.weights, same.params.weights)
 
 
 def test_the_same_seed_trains_the_same_weights() -> None:
