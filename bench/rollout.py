@@ -29,8 +29,9 @@ replicas' sum (sampled from /proc every 0.2 s). Ratios spread ÷ together are pe
 then the median over rounds: the machine is shared, so absolute milliseconds mean little.
 
 The model: the largest this machine holds, MovieLens-25M's shape with random weights:
-59,047 movies, 10 rating levels (0.5..5.0), 100 hidden units (``TrainConfig.n_hidden``),
-an implicit RBM of 200 hidden units, 162,541 users with 60 rating draws each (55 distinct
+59,047 movies, 10 rating levels (0.5..5.0), ``TrainConfig.n_hidden`` hidden units (100), an
+implicit RBM of 200 hidden units,
+162,541 users with 60 rating draws each (55 distinct
 movies on average, Zipf-like popularity), ``liked_and_rated`` ranking, no item-based RBM
 (its 1.6M-unit visible layer would make the checkpoint 2.6 times as large, and its blend
 touches only the returned movies of a Recommend). Version 2 is the

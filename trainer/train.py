@@ -52,7 +52,7 @@ __all__ = [
 class TrainConfig:
     """Hyper-parameters; saved with every registered version."""
 
-    n_hidden: int = 200
+    n_hidden: int = 100
     epochs: int = 40
     batch_size: int = 20  # users per minibatch
     learning_rate: float = 0.02  # on per-user-averaged gradients

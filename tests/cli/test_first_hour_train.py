@@ -145,7 +145,7 @@ def test_help_shows_the_defaults() -> None:
     flat = " ".join(out.split("options:", 1)[1].split())  # the options, not the usage
     for flag, default in [
         ("--epochs N", "40"),
-        ("--hidden N", "200"),
+        ("--hidden N", "100"),
         ("--implicit-epochs N", "30"),
         ("--item-epochs N", "60"),
         ("--seed N", "0"),
