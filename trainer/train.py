@@ -271,13 +271,24 @@ def softmax_model(
     device: str,
 ) -> LoopModel:
     """The loop's hooks for a softmax RBM with a case per CSR row (users, or movies transposed)."""
-    vb = visible_bias_from_counts(train_part, rbm_config.n_movies, rbm_config.n_levels)
     on_device = levels.to(device)
+    return _softmax_hooks(
+        train_part,
+        rbm_config,
+        lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device),
+    )
+
+
+def _softmax_hooks(
+    data: IndexedRatings, rbm_config: RBMConfig, validate: Callable[[RBMParams], float]
+) -> LoopModel:
+    """Initial parameters (visible biases from ``data``'s counts) and CD-k statistics."""
+    vb = visible_bias_from_counts(data, rbm_config.n_movies, rbm_config.n_levels)
     return LoopModel(
-        n_cases=len(train_part.user_ids),
+        n_cases=len(data.user_ids),
         init=lambda gen: RBMParams.init(rbm_config, gen, vb),
-        stats=softmax_stats(train_part, rbm_config),
-        validate=lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device),
+        stats=softmax_stats(data, rbm_config),
+        validate=validate,
     )
 
 
@@ -294,13 +305,7 @@ def refit_softmax(
     The refit after early stopping: the same schedule and seed, on data that now includes
     the validation slice, for the epoch count that slice chose; hence no validation.
     """
-    vb = visible_bias_from_counts(data, rbm_config.n_movies, rbm_config.n_levels)
-    model = LoopModel(
-        n_cases=len(data.user_ids),
-        init=lambda gen: RBMParams.init(rbm_config, gen, vb),
-        stats=softmax_stats(data, rbm_config),
-        validate=lambda params: math.nan,
-    )
+    model = _softmax_hooks(data, rbm_config, lambda params: math.nan)
     fixed = replace(spec, name=f"{spec.name} refit", epochs=max(epochs, 1))
     return run_fixed(fixed, model, comm, on_epoch).params
 
