@@ -98,6 +98,7 @@ def scorer_copies(s: Shape) -> int:
     km, ku = s.levels * s.movies, s.levels * s.users
     copied = km * s.hidden + km + s.movies + s.levels  # Wᵀ, visible bias, log P(rated), levels
     copied += ku * s.hidden_item + ku + s.movies * s.hidden_item  # item weights, bias, hiddenᵀ
+    copied += s.movies + s.users  # the rating blend's log counts of movies and users
     return copied * F32
 
 
