@@ -103,11 +103,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most epochs of the item-based RBM",
     )
-    p.add_argument(
+    blend = p.add_mutually_exclusive_group()
+    blend.add_argument(
         "--blend-ranking",
         action="store_true",
-        help="let the item-based RBM's blend enter the ranking too (slower serving pass)",
+        help="let the item-based RBM's blend enter the ranking (slower serving pass); "
+        "default: chosen on validation for catalogues up to 20,000 movies",
     )
+    blend.add_argument(
+        "--no-blend-ranking",
+        dest="blend_ranking",
+        action="store_false",
+        help="keep the item-based RBM's blend out of the ranking",
+    )
+    p.set_defaults(blend_ranking=None)  # chosen on validation
     p.add_argument(
         "--no-refit",
         action="store_true",
@@ -202,6 +211,7 @@ def _register(
         "n_users": int(outcome.checkpoint.user_ids.numel()),
         "ranking": outcome.checkpoint.ranking,
         "liked_weight": outcome.checkpoint.liked_weight,
+        "blend_in_ranking": outcome.checkpoint.blend_ranking,  # as chosen; blend_ranking as asked
         "world_size": world_size,
     }
     if outcome.rating_log is not None:  # never the URL: it may hold a password

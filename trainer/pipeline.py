@@ -44,6 +44,7 @@ from trainer.train_item import refit_item, train_item_based
 
 __all__ = [
     "LIKED_WEIGHTS",
+    "MAX_BLEND_RANKING_MOVIES",
     "MAX_KNN_MOVIES",
     "FittedModels",
     "TrainOutcome",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 MAX_KNN_MOVIES = MAX_DENSE_MOVIES
+# The blend in the ranking adds an item-RBM pass over every movie, (batch, levels, movies),
+# to each Recommend batch: the automatic choice tries it only up to this many movies, where
+# that pass is small (bench/capacity.py's larger shapes assume it off).
+MAX_BLEND_RANKING_MOVIES = MAX_DENSE_MOVIES
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,12 @@ class _Models:
 
 @dataclass(frozen=True)
 class _Choice:
-    """A ranking score and, for liked_and_rated, the weight of log P(liked) in it."""
+    """A ranking score, the weight of log P(liked) in liked_and_rated, and whether the
+    item-based blend enters it."""
 
     ranking: Ranking
     liked_weight: float = 1.0
+    blend_ranking: bool = False
 
 
 def _checkpoint(
@@ -94,7 +101,6 @@ def _checkpoint(
     config: RBMConfig,
     own: IndexedRatings,
     choice: _Choice,
-    blend_ranking: bool,
 ) -> Checkpoint:
     """The model as the server will load it, with ``own`` as its users' known ratings."""
     return Checkpoint(
@@ -112,7 +118,7 @@ def _checkpoint(
         ranking=choice.ranking,
         implicit=None if models.implicit is None else models.implicit.to("cpu"),
         item=models.item,
-        blend_ranking=blend_ranking,
+        blend_ranking=choice.blend_ranking,
         liked_weight=choice.liked_weight,
         implicit_models=models.implicit_models,
     )
@@ -128,20 +134,33 @@ def _choose_ranking(
 ) -> tuple[_Choice, float]:
     """The ranking score whose served top-10 has the best NDCG on the validation slice.
 
-    liked_and_rated is tried with each weight of ``LIKED_WEIGHTS``; ties go to the
-    earlier candidate (RANKINGS' order, then the larger weight).
+    liked_and_rated is tried with each weight of ``LIKED_WEIGHTS``, and every score but
+    rated (which the blend leaves alone) without and with the item-based blend, as
+    ``_blend_options`` allows; ties go to the earlier candidate (without the blend first,
+    then RANKINGS' order, then the larger weight).
     """
     candidates = [
-        _Choice(r, w)
+        _Choice(r, w, b)
+        for b in _blend_options(cfg, models)
         for r in RANKINGS
+        if not (b and r == "rated")
         for w in (LIKED_WEIGHTS if r == "liked_and_rated" else (1.0,))
     ]
     ndcg = {}
     for c in candidates:
-        ckpt = _checkpoint(ds, models, config, fit, c, cfg.blend_ranking)
+        ckpt = _checkpoint(ds, models, config, fit, c)
         ndcg[c] = evaluate_served(engine_for(ckpt, cfg.device), val)["ndcg@10"]
     best = max(candidates, key=lambda c: ndcg[c])
     return best, ndcg[best]
+
+
+def _blend_options(cfg: TrainConfig, models: _Models) -> tuple[bool, ...]:
+    """Whether the ranking choice tries the item-based blend out of it, in it, or both."""
+    if models.item is None or cfg.blend_ranking is False:
+        return (False,)
+    if cfg.blend_ranking:
+        return (True,)
+    return (False, True) if models.n_movies <= MAX_BLEND_RANKING_MOVIES else (False,)
 
 
 def _train_implicit_members(
@@ -286,7 +305,7 @@ def evaluate_models(ds: Dataset, cfg: TrainConfig, fitted: FittedModels) -> Trai
     ix = Indexer(ds)
     models, result = fitted.models, fitted.result
     own = ix.index(fitted.train, models.train_users)
-    ckpt = _checkpoint(ds, models, fitted.rbm_config, own, fitted.choice, cfg.blend_ranking)
+    ckpt = _checkpoint(ds, models, fitted.rbm_config, own, fitted.choice)
     metrics = evaluate_served(engine_for(ckpt, cfg.device), ds.test)
     metrics |= {
         "val_rmse": fitted.val_rmse,  # of the served prediction (the blend, with an item RBM)

@@ -82,8 +82,9 @@ class TrainConfig:
     # The item-based RBM (one case per movie), blended in for users seen in training.
     n_hidden_item: int = 200  # 0: none
     item_epochs: int = 60
-    # Whether the item-based blend also enters the ranking (bench/quality.py measures it).
-    blend_ranking: bool = False
+    # Whether the item-based blend also enters the ranking: None chooses on validation
+    # (catalogues up to MAX_BLEND_RANKING_MOVIES), True or False forces it.
+    blend_ranking: bool | None = None
     # Train the user- and item-based RBMs again on the whole training part (the validation
     # slice too) for the epochs early stopping chose; the choices made on validation stay.
     refit: bool = True

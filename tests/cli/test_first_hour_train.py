@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from rbm.checkpoint import load_checkpoint
 from registry import FileRegistry, VersionMeta
 from tests.cli.support import assert_one_line_error
 from tests.harness.cli import run_cli, train_args
@@ -121,12 +122,16 @@ def test_quiet_shows_no_progress_and_no_early_stop() -> None:
 def test_no_refit_registers_the_early_stopped_models(tmp_path: Path) -> None:
     root = tmp_path / "registry"
     budgets = ["--implicit-epochs", "1", "--item-epochs", "1", "--no-refit"]
-    args = [a for a in train_args(root, *budgets, epochs=1) if a != "--quiet"]
+    args = [a for a in train_args(root, *budgets, "--blend-ranking", epochs=1) if a != "--quiet"]
     proc = _train(*args)
     assert proc.returncode == 0, proc.stderr
     assert "refit" not in proc.stderr  # no refit phase ran
     (version,) = FileRegistry(root).list_versions("rbm")
     assert version.meta.params["refit"] is False
+    # --blend-ranking forces the blend into the ranking: asked and served alike.
+    assert version.meta.params["blend_ranking"] is True
+    assert version.meta.params["blend_in_ranking"] is True
+    assert load_checkpoint(version.path).blend_ranking is True
 
 
 @pytest.mark.parametrize("flag", ["--hidden", "--epochs", "--implicit-epochs", "--item-epochs"])

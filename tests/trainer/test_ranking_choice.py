@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rbm.model import RBMConfig, RBMParams
+from rbm.model import ItemModel, RBMConfig, RBMParams
 from trainer import pipeline
 from trainer.data import Dataset, Ratings
 from trainer.distributed import LocalCommunicator
@@ -78,6 +78,63 @@ def test_the_weight_of_log_p_liked_is_chosen_on_validation_too() -> None:
     assert choice == _Choice("liked_and_rated", 0.5)  # ties: the larger weight
     assert ndcg == pytest.approx(1.0)
     assert 0.5 in LIKED_WEIGHTS and 1.0 in LIKED_WEIGHTS
+
+
+def _blend_case() -> tuple[Dataset, _Models, IndexedRatings, Ratings]:
+    """Two users who liked movie 20 in validation, where only the item-based RBM says so.
+
+    The user-based RBM says movie 10 is rated 5 and movie 20 rated 1; the implicit RBM
+    that 10 is rated far more often; movie 30 is rated by both in training. The item-based
+    RBM (one hidden unit: 0 for movie 10, 1 for movie 20) says 10 is rated 1 and 20 rated
+    5, and its share is 1. Without the blend every score puts 10 first (NDCG 1/log2(3));
+    with it, expected_rating puts 20 first (NDCG 1).
+    """
+    level_bias = torch.full((5, 3), -30.0)
+    level_bias[4, 0] = level_bias[0, 1] = level_bias[2, 2] = 10.0  # (K, M)
+    params = RBMParams(torch.zeros(15, 1), level_bias.reshape(-1), torch.zeros(1))
+    implicit = RBMParams(torch.zeros(3, 1), torch.tensor([4.0, -3.0, 0.0]), torch.zeros(1))
+    # Item visible unit k*U + u; two users, so level k's rows are 2k and 2k + 1.
+    weights, bias = torch.zeros(10, 1), torch.full((10,), -30.0)
+    weights[0:2], bias[0:2] = -40.0, 20.0  # level 1: likely where the hidden unit is 0
+    weights[8:10], bias[8:10] = 40.0, -20.0  # level 5: likely where it is 1
+    item = ItemModel(
+        RBMParams(weights, bias, torch.zeros(1)), torch.tensor([[0.0], [1.0], [0.5]]), 1.0
+    )
+    models = _Models(params, implicit, item, 3, np.array([1, 2]))
+    fit = IndexedRatings(np.array([1, 2]), np.array([0, 1, 2]), np.array([2, 2]), np.array([2, 2]))
+    val = _ratings([1, 2], [20, 20], [5.0, 5.0])
+    ds = Dataset("tiny", "holdout", _ratings([], [], []), val, MOVIES, ["a", "b", "c"], LEVELS, "")
+    return ds, models, fit, val
+
+
+@pytest.mark.parametrize(
+    ("asked", "limit", "blended"),
+    [(None, 3, True), (True, 3, True), (False, 3, False), (None, 2, False), (True, 2, True)],
+)
+def test_the_blend_enters_the_ranking_where_validation_says_it_helps(
+    monkeypatch: pytest.MonkeyPatch, asked: bool | None, limit: int, blended: bool
+) -> None:
+    # asked None: chosen on validation, for catalogues up to MAX_BLEND_RANKING_MOVIES;
+    # True or False (--blend-ranking, --no-blend-ranking) forces it either way.
+    monkeypatch.setattr(pipeline, "MAX_BLEND_RANKING_MOVIES", limit)
+    ds, models, fit, val = _blend_case()
+    cfg = TrainConfig(blend_ranking=asked)
+    choice, ndcg = _choose_ranking(ds, models, cfg, RBMConfig(3, 5, 1), fit, val)
+    assert choice.blend_ranking is blended
+    if blended:
+        assert choice == _Choice("expected_rating", 1.0, True)  # ties: the earlier score
+        assert ndcg == pytest.approx(1.0)
+    else:
+        assert ndcg == pytest.approx(1 / math.log2(3))
+
+
+def test_without_an_item_model_the_blend_is_never_tried() -> None:
+    ds, models, fit, val = _blend_case()
+    alone = _Models(models.params, models.implicit, None, 3, models.train_users)
+    cfg = TrainConfig(blend_ranking=True)
+    choice, ndcg = _choose_ranking(ds, alone, cfg, RBMConfig(3, 5, 1), fit, val)
+    assert not choice.blend_ranking
+    assert ndcg == pytest.approx(1 / math.log2(3))
 
 
 @pytest.mark.parametrize(("better", "chosen"), [(0.03, 0.03), (0.01, None)])
