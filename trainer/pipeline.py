@@ -30,7 +30,7 @@ from trainer.indexing import IndexedRatings, Indexer
 from trainer.loop import EpochProgress
 from trainer.predict import predict_indexed
 from trainer.rating_log import LogMerge, RatingLog, merge_log
-from trainer.served_eval import engine_for, evaluate_served
+from trainer.served_eval import engine_for, evaluate_served, served_ranking_metrics
 from trainer.train import (
     EpochReport,
     TrainConfig,
@@ -147,9 +147,9 @@ def _choose_ranking(
         for w in (LIKED_WEIGHTS if r == "liked_and_rated" else (1.0,))
     ]
     ndcg = {}
-    for c in candidates:
+    for c in candidates:  # the choice leaves predicted ratings alone: rank only
         ckpt = _checkpoint(ds, models, config, fit, c)
-        ndcg[c] = evaluate_served(engine_for(ckpt, cfg.device), val)["ndcg@10"]
+        ndcg[c] = served_ranking_metrics(engine_for(ckpt, cfg.device), val)["ndcg@10"]
     best = max(candidates, key=lambda c: ndcg[c])
     return best, ndcg[best]
 

@@ -20,7 +20,15 @@ from server.engine import Engine, PredictQuery, Query, Recommendation, TopNQuery
 from trainer.data import Ratings
 from trainer.evaluate import RELEVANT_AT, ranking_metrics_from_lists, rating_metrics
 
-__all__ = ["ServedTop", "engine_for", "evaluate_served", "served_predictions", "served_top_n"]
+__all__ = [
+    "ServedTop",
+    "engine_for",
+    "evaluate_served",
+    "served_predictions",
+    "served_ranking_metrics",
+    "served_rating_metrics",
+    "served_top_n",
+]
 
 CHUNK = 256  # users per engine pass: a server batch is at most this large too
 
@@ -71,10 +79,15 @@ def served_predictions(
 
 
 def evaluate_served(engine: Engine, test: Ratings, k: int = 10) -> dict[str, float]:
-    """RMSE/MAE of PredictRatings on every test pair; top-k metrics of Recommend(user, k).
+    """RMSE/MAE of PredictRatings on every test pair; top-k metrics of Recommend(user, k)."""
+    return served_rating_metrics(engine, test) | served_ranking_metrics(engine, test, k)
 
-    Test movies outside the model's catalogue are left out of the rating metrics (a client
-    would get NOT_FOUND for them); ranking counts users with a test rating >= 4.
+
+def served_rating_metrics(engine: Engine, test: Ratings) -> dict[str, float]:
+    """RMSE/MAE of PredictRatings on every test pair.
+
+    Test movies outside the model's catalogue are left out (a client would get NOT_FOUND
+    for them).
     """
     known = np.isin(test.movies, np.asarray(engine.movie_ids))
     pairs = test.take(known)
@@ -85,12 +98,16 @@ def evaluate_served(engine: Engine, test: Ratings, k: int = 10) -> dict[str, flo
     predicted = served_predictions(engine, users.tolist(), movies)
     truth = np.concatenate([pairs.ratings[g] for g in grouped]) if grouped else np.empty(0)
     low, high = engine.ckpt.levels[0], engine.ckpt.levels[-1]
-    metrics = rating_metrics(
+    return rating_metrics(
         torch.tensor([v for row in predicted for v in row], dtype=torch.float64),
         torch.from_numpy(truth.astype(np.float64)),
         low,
         high,
     )
+
+
+def served_ranking_metrics(engine: Engine, test: Ratings, k: int = 10) -> dict[str, float]:
+    """Top-k metrics of Recommend(user, k) for every user with a test rating >= 4."""
     liked = test.ratings >= RELEVANT_AT - 1e-6
     relevant: dict[int, set[int]] = {}
     for user, movie in zip(test.users[liked].tolist(), test.movies[liked].tolist(), strict=True):
@@ -98,4 +115,4 @@ def evaluate_served(engine: Engine, test: Ratings, k: int = 10) -> dict[str, flo
     ranked_users = sorted(relevant)
     tops = served_top_n(engine, ranked_users, k)
     lists = [t.movie_ids for t in tops]
-    return metrics | ranking_metrics_from_lists(lists, [relevant[u] for u in ranked_users], k)
+    return ranking_metrics_from_lists(lists, [relevant[u] for u in ranked_users], k)

@@ -113,7 +113,9 @@ def test_a_phase_that_stops_early_says_so_in_one_line(refused: Refused) -> None:
 
 
 def test_quiet_shows_no_progress_and_no_early_stop() -> None:
-    proc = _train(*train_args(None, *TINY, epochs=1))  # --quiet --json --no-register
+    # Every phase runs (the refits too), each for one epoch: --quiet must silence them all.
+    budgets = ("--implicit-epochs", "1", "--item-epochs", "1")
+    proc = _train(*train_args(None, *budgets, epochs=1))  # --quiet --json --no-register
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "registered" not in json.loads(proc.stdout)

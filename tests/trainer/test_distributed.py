@@ -152,7 +152,7 @@ def test_the_local_communicator_changes_nothing() -> None:
 # A budget that beats the bias baseline on u1 and keeps each run near 20 s on an idle
 # 2-core machine (measured figures in docs/training.md).
 EPOCHS = 5
-BUDGET = ("--implicit-epochs", "5", "--item-epochs", "15", "--seed", "0")
+BUDGET = ("--implicit-epochs", "5", "--item-epochs", "8", "--seed", "0")
 RMSE_TOLERANCE = 0.01  # the 2-rank model's test RMSE may be at most this much worse
 NDCG_TOLERANCE = 0.02  # and its NDCG@10 at most this much lower
 
