@@ -53,7 +53,12 @@ from trainer.data import (
 )
 from trainer.distributed import Communicator, RankZeroFailed, from_environment
 from trainer.loop import EpochProgress
-from trainer.pipeline import TrainOutcome, evaluate_models, fit_models
+from trainer.pipeline import (
+    MAX_BLEND_RANKING_MOVIES,
+    TrainOutcome,
+    evaluate_models,
+    fit_models,
+)
 from trainer.rating_log import RatingLog, RatingLogUnavailable, read_rating_log
 from trainer.train import EpochReport, TrainConfig, model_configs
 from trainer.train_implicit import implicit_phase
@@ -108,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "--blend-ranking",
         action="store_true",
         help="let the item-based RBM's blend enter the ranking (slower serving pass); "
-        "default: chosen on validation for catalogues up to 20,000 movies",
+        f"default: chosen on validation for catalogues up to {MAX_BLEND_RANKING_MOVIES:,} movies",
     )
     blend.add_argument(
         "--no-blend-ranking",
