@@ -121,7 +121,7 @@ def test_quiet_shows_no_progress_and_no_early_stop() -> None:
     assert "registered" not in json.loads(proc.stdout)
 
 
-def test_no_refit_registers_the_early_stopped_models(tmp_path: Path) -> None:
+def test_no_refit_and_a_forced_blend_ranking_are_what_gets_registered(tmp_path: Path) -> None:
     root = tmp_path / "registry"
     budgets = ["--implicit-epochs", "1", "--item-epochs", "1", "--no-refit"]
     args = [a for a in train_args(root, *budgets, "--blend-ranking", epochs=1) if a != "--quiet"]
