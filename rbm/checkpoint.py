@@ -22,9 +22,11 @@ from rbm.encoder import HiddenEncoder
 from rbm.implicit import implicit_config
 from rbm.model import (
     RANKINGS,
+    RATING_INFERENCES,
     ItemModel,
     Ranking,
     RatingBlend,
+    RatingInference,
     RatingsBatch,
     RBMConfig,
     RBMParams,
@@ -76,6 +78,8 @@ class Checkpoint:
     blend_ranking: bool = False  # whether the item-based blend also enters the ranking
     liked_weight: float = 1.0  # the weight of log P(liked) in the liked_and_rated score
     implicit_models: int = 1  # how many implicit RBMs ``implicit`` holds side by side
+    # How predicted ratings are computed; versions from before the choice are mean-field.
+    rating_inference: RatingInference = "mean_field"
 
     @property
     def hidden_width(self) -> int:
@@ -120,6 +124,7 @@ class Checkpoint:
             self.liked_weight,
             1.0 / self.implicit_models,
             self.user_indptr.diff(),
+            self.rating_inference,
         )
         return scorer.eval().to(device)
 
@@ -216,6 +221,8 @@ class Checkpoint:
             raise CheckpointError("a user rating points outside the movie catalogue")
         if self.ranking not in RANKINGS:
             raise CheckpointError(f"unknown ranking score {self.ranking!r}")
+        if self.rating_inference not in RATING_INFERENCES:
+            raise CheckpointError(f"unknown rating inference {self.rating_inference!r}")
         if self.user_levels.numel() and (
             int(self.user_levels.min()) < 0 or int(self.user_levels.max()) >= self.config.n_levels
         ):
@@ -256,6 +263,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: Path) -> None:
         "blend_ranking": ckpt.blend_ranking,
         "liked_weight": ckpt.liked_weight,
         "implicit_models": ckpt.implicit_models,
+        "rating_inference": ckpt.rating_inference,
     }
     (directory / JSON_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -283,6 +291,7 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             blend_ranking=bool(meta.get("blend_ranking", False)),
             liked_weight=float(meta.get("liked_weight", 1.0)),
             implicit_models=int(meta.get("implicit_models", 1)),
+            rating_inference=meta.get("rating_inference", "mean_field"),
             implicit=(
                 RBMParams.from_named(t, IMPLICIT_PREFIX)
                 if IMPLICIT_PREFIX + "weights" in t
@@ -323,8 +332,9 @@ def smoke_test(directory: Path) -> None:
     item_rows = torch.tensor([0 if row else -1])
     scorer = ckpt.scorer()
     with torch.inference_mode():
-        scores, logits = scorer.score(ckpt.hidden_pre(batch), item_rows)
-        predicted = scorer.predict_at(logits, item_rows, None)
+        hidden_pre = ckpt.hidden_pre(batch)
+        scores, logits = scorer.score(hidden_pre, item_rows)
+        predicted = scorer.predict_at(logits, hidden_pre, item_rows, None)
     low, high = ckpt.levels[0], ckpt.levels[-1]
     if not bool(torch.isfinite(scores).all()):
         raise CheckpointError("the model's ranking scores are not finite")

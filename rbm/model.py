@@ -24,18 +24,21 @@ from torch import Tensor
 __all__ = [
     "LIKED_AT",
     "RANKINGS",
+    "RATING_INFERENCES",
     "CDStats",
     "ItemModel",
     "RBMConfig",
     "RBMParams",
     "Ranking",
     "RatingBlend",
+    "RatingInference",
     "RatingsBatch",
     "cd_statistics",
     "entry_level_probabilities",
     "hidden_input",
     "hidden_probabilities",
     "level_probabilities",
+    "second_order_term",
     "visible_units",
 ]
 
@@ -44,6 +47,15 @@ __all__ = [
 Ranking = Literal["expected_rating", "liked_and_rated", "rated"]
 RANKINGS: tuple[Ranking, ...] = ("expected_rating", "liked_and_rated", "rated")
 LIKED_AT = 4.0  # a rating at or above this counts as liked (the evaluation's relevance)
+
+# How a predicted rating's level distribution P(v_m = k | the user's ratings) is computed.
+# The exact one is b_mk + sum_j softplus(x_j + W_mkj) (x: the hidden pre-activation); the
+# mean-field one takes its first-order expansion in W, b_mk + sum_j p_j W_mkj, and the
+# second-order one adds (1/2) sum_j p_j (1 - p_j) W_mkj^2, one more matrix product. On the
+# validation slices of ml-100k u1..u5 the second order matched the exact one to 1e-4 RMSE
+# and beat the mean field (docs/training.md). Ranking scores stay mean-field.
+RatingInference = Literal["mean_field", "second_order"]
+RATING_INFERENCES: tuple[RatingInference, ...] = ("mean_field", "second_order")
 
 
 @dataclass(frozen=True)
@@ -224,19 +236,37 @@ def _all_level_units(movies: Tensor, n_levels: int, n_movies: int) -> Tensor:
     return movies.unsqueeze(1) + level_offsets.unsqueeze(0)
 
 
-def _entry_level_probs(params: RBMParams, hidden: Tensor, rows: Tensor, units: Tensor) -> Tensor:
+def second_order_term(hidden: Tensor) -> Tensor:
+    """The weight of W^2 in the second-order logits, p (1 - p) / 2: same shape as ``hidden``."""
+    return 0.5 * hidden * (1.0 - hidden)
+
+
+def _entry_level_probs(
+    params: RBMParams,
+    hidden: Tensor,
+    rows: Tensor,
+    units: Tensor,
+    inference: RatingInference = "mean_field",
+) -> Tensor:
     """Softmax over levels for entries given hidden (B, F) and their (nnz, K) units: (nnz, K)."""
     w = params.weights[units]  # (nnz, K, F)
     logits = torch.einsum("ekf,ef->ek", w, hidden[rows]) + params.visible_bias[units]
+    if inference == "second_order":
+        logits = logits + torch.einsum("ekf,ef->ek", w * w, second_order_term(hidden)[rows])
     return torch.softmax(logits, dim=1)
 
 
 def entry_level_probabilities(
-    params: RBMParams, hidden: Tensor, rows: Tensor, movies: Tensor, config: RBMConfig
+    params: RBMParams,
+    hidden: Tensor,
+    rows: Tensor,
+    movies: Tensor,
+    config: RBMConfig,
+    inference: RatingInference = "mean_field",
 ) -> Tensor:
     """P(level | hidden) for (row, movie) pairs only: hidden (B, F), pairs (n,) -> (n, K)."""
     units = _all_level_units(movies, config.n_levels, config.n_movies)
-    return _entry_level_probs(params, hidden, rows, units)
+    return _entry_level_probs(params, hidden, rows, units, inference)
 
 
 def level_probabilities(params: RBMParams, hidden: Tensor, n_levels: int) -> Tensor:

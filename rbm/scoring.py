@@ -13,6 +13,11 @@ Three ranking scores exist; the trainer picks one on its validation slice:
   trainer chooses w (``liked_weight``) on its validation slice too: the softmax RBM's
   P(liked) is noisier than the implicit RBM's P(rated), and a smaller w ranked better.
 
+Predicted ratings use the checkpoint's ``rating_inference`` (``rbm.model.RatingInference``):
+the second-order level distribution adds (1/2) sum_j p_j (1 - p_j) W_mkj^2 to the
+mean-field logits of both rating RBMs. Only the movies asked for pay it (a gather of their
+weights), or one more matrix product for every movie. Ranking scores stay mean-field.
+
 P(rated) comes from the implicit-feedback RBM (``rbm.implicit``) when the checkpoint has
 one, whose hidden pre-activation then follows the softmax RBM's in the input; without it,
 from each movie's share of training ratings (the same for every user). The implicit RBM
@@ -28,9 +33,24 @@ import torch
 from torch import Tensor, nn
 
 from rbm.implicit import log_sigmoid
-from rbm.model import LIKED_AT, RANKINGS, ItemModel, Ranking, RatingBlend, RBMParams
+from rbm.model import (
+    LIKED_AT,
+    RANKINGS,
+    RATING_INFERENCES,
+    ItemModel,
+    Ranking,
+    RatingBlend,
+    RatingInference,
+    RBMParams,
+    second_order_term,
+)
 
 __all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer"]
+
+# Above this many gathered weights (movies asked x levels x hidden units) the second-order
+# term is computed for every movie and then picked: one matrix product instead of a gather
+# that would hold more memory than the dense result (a large PredictRatings batch).
+GATHER_LIMIT = 1 << 22
 
 
 class Scorer(nn.Module):
@@ -67,10 +87,14 @@ class Scorer(nn.Module):
         liked_weight: float = 1.0,
         implicit_scale: float = 1.0,
         user_counts: Tensor | None = None,
+        rating_inference: RatingInference = "mean_field",
     ) -> None:
         super().__init__()
         if ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {ranking!r}; choose one of {RANKINGS}")
+        if rating_inference not in RATING_INFERENCES:
+            raise ValueError(f"unknown rating inference {rating_inference!r}")
+        self.second_order = rating_inference == "second_order"
         if not 0.0 <= liked_weight < float("inf") or not 0.0 < implicit_scale <= 1.0:
             raise ValueError("liked_weight must be finite and >= 0, implicit_scale in (0, 1]")
         self.liked_weight = float(liked_weight)
@@ -87,6 +111,7 @@ class Scorer(nn.Module):
         log_rated = torch.log((counts + 1) / (counts.sum() + n_movies))
         self.register_buffer("log_rated", log_rated.to(like))  # (M,)
         self.n_levels = n_levels
+        self.n_movies = n_movies
         self.n_hidden = params.hidden_bias.numel()
         # Buffers, so that .to(device) and the ONNX export see them.
         self.has_implicit = implicit is not None
@@ -116,13 +141,14 @@ class Scorer(nn.Module):
     def forward(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         """Scores and predicted ratings of every movie (B, M) each: the exported graph."""
         score, logits = self.score(hidden_pre, item_rows)
-        return score, self.predict_at(logits, item_rows, None)
+        return score, self.predict_at(logits, hidden_pre, item_rows, None)
 
     def score(self, hidden_pre: Tensor, item_rows: Tensor) -> tuple[Tensor, Tensor]:
         """Ranking scores (B, M) and the user-based rating-level logits (B, K, M).
 
         Serving ranks on the scores and then needs predicted ratings only at the movies it
         returns (``predict_at`` on these logits): a (B, K, n) softmax, not a (B, K, M) one.
+        The logits are mean-field; ``predict_at`` adds the second-order term where asked.
         ``item_rows`` matter only when the ranking includes the item-based blend.
         """
         batch = hidden_pre.shape[0]
@@ -132,7 +158,7 @@ class Scorer(nn.Module):
         )  # (B, K, M)
         if self.ranking == "expected_rating":
             if self.blend_ranking:
-                return self.predict_at(logits, item_rows, None), logits
+                return self._predicted(logits, None, item_rows, None), logits
             return self._expected(logits), logits
         log_rated = self._log_rated(hidden_pre[:, self.n_hidden :])  # (B, M) or (M,)
         if self.ranking == "rated":
@@ -159,24 +185,41 @@ class Scorer(nn.Module):
         mixed = share * torch.exp(item) + (1 - share) * torch.exp(user)
         return torch.log(mixed.clamp(min=1e-30))
 
-    def predict_at(self, logits: Tensor, item_rows: Tensor, movies: Tensor | None) -> Tensor:
+    def predict_at(
+        self, logits: Tensor, hidden_pre: Tensor, item_rows: Tensor, movies: Tensor | None
+    ) -> Tensor:
         """Predicted ratings at ``movies`` (B, n), or every movie for None: (B, n or M).
 
         The user-based RBM's expected rating, blended with the item-based RBM's for the
         users it knows (``item_rows`` >= 0) as the item model's ``RatingBlend`` says, within
-        the rating scale. ``logits`` come from ``score``.
+        the rating scale, by the scorer's rating inference. ``logits`` come from ``score``
+        on the same ``hidden_pre``.
         """
+        second = hidden_pre if self.second_order else None
+        return self._predicted(logits, second, item_rows, movies)
+
+    def _predicted(
+        self,
+        logits: Tensor,
+        second_order: Tensor | None,
+        item_rows: Tensor,
+        movies: Tensor | None,
+    ) -> Tensor:
+        """``predict_at``; mean-field when ``second_order`` (the hidden_pre) is None."""
         blended = self.item_rates
         if movies is None:
-            expected = self._expected(logits)
+            picked = logits
             columns = self.movie_hidden_t if blended else None  # (F2, M)
         else:
             picked = torch.gather(logits, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
-            expected = self._expected(picked)
             columns = self.movie_hidden_t.t()[movies].transpose(1, 2) if blended else None
+        if second_order is not None:
+            picked = picked + self._user_second_order(second_order[:, : self.n_hidden], movies)
+        expected = self._expected(picked)
         if columns is None:
             return expected
-        item = self._expected(self._item_logits(item_rows, columns))  # (B, n)
+        item_logits = self._item_logits(item_rows, columns, second_order is not None)
+        item = self._expected(item_logits)  # (B, n)
         movie_log = self.movie_log_count if movies is None else self.movie_log_count[movies]
         user_log = self.user_log_count[item_rows.clamp(min=0)].unsqueeze(1)  # (B, 1)
         mixed = self.rating_blend.apply(expected, item, movie_log, user_log)
@@ -187,12 +230,31 @@ class Scorer(nn.Module):
     def _expected(self, logits: Tensor) -> Tensor:
         return (torch.softmax(logits, dim=1) * self.levels).sum(dim=1)
 
-    def _item_logits(self, item_rows: Tensor, movie_hidden_t: Tensor) -> Tensor:
+    def _user_second_order(self, user_pre: Tensor, movies: Tensor | None) -> Tensor:
+        """The user RBM's second-order term at ``movies`` (B, n), or every movie: (B, K, n|M)."""
+        term = second_order_term(torch.sigmoid(user_pre))  # (B, F)
+        batch = user_pre.shape[0]
+        if movies is None or movies.numel() * self.n_levels * self.n_hidden > GATHER_LIMIT:
+            dense = torch.mm(term, self.weights_t.square()).view(batch, self.n_levels, -1)
+            if movies is None:
+                return dense
+            return torch.gather(dense, 2, movies.unsqueeze(1).expand(-1, self.n_levels, -1))
+        offsets = torch.arange(self.n_levels, device=movies.device) * self.n_movies
+        units = movies.unsqueeze(1) + offsets.view(1, -1, 1)  # (B, K, n)
+        weights = self.weights_t[:, units]  # (F, B, K, n)
+        return torch.einsum("fbkn,bf->bkn", weights.square(), term)
+
+    def _item_logits(
+        self, item_rows: Tensor, movie_hidden_t: Tensor, second_order: bool = False
+    ) -> Tensor:
         # Row u's K weight rows against the movies' hidden probabilities, (F2, M) for every
         # movie or (B, F2, n) for some: one matrix product either way. -> (B, K, n)
         rows = item_rows.clamp(min=0)
-        logits = torch.matmul(self.item_weights[rows], movie_hidden_t)
-        return logits + self.item_bias[rows].unsqueeze(2)
+        weights = self.item_weights[rows]  # (B, K, F2)
+        logits = torch.matmul(weights, movie_hidden_t) + self.item_bias[rows].unsqueeze(2)
+        if second_order:
+            logits = logits + torch.matmul(weights.square(), second_order_term(movie_hidden_t))
+        return logits
 
     def _share(self, item_rows: Tensor) -> Tensor:
         """The item-based model's weight per user: ``blend`` if it knows them, else 0: (B, 1)."""

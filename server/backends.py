@@ -66,12 +66,15 @@ class _LogitsScored:
     scorer: Scorer
     scores: Tensor  # (B, M)
     logits: Tensor  # (B, K, M)
+    hidden_pre: Tensor  # (B, width)
     item_rows: Tensor  # (B,)
 
     def predicted_at(self, rows: Tensor, movies: Tensor) -> Tensor:
         """The blended expected ratings at ``movies``: a (R, K, n) softmax, not (R, K, M)."""
         with torch.inference_mode():
-            return self.scorer.predict_at(self.logits[rows], self.item_rows[rows], movies)
+            return self.scorer.predict_at(
+                self.logits[rows], self.hidden_pre[rows], self.item_rows[rows], movies
+            )
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class TorchPass:
         """Scores of every movie, and the logits that ratings are computed from."""
         with torch.inference_mode():
             scores, logits = self.scorer.score(hidden_pre, item_rows)
-        return _LogitsScored(self.scorer, scores, logits, item_rows)
+        return _LogitsScored(self.scorer, scores, logits, hidden_pre, item_rows)
 
 
 def onnx_providers(device: torch.device) -> list[str]:

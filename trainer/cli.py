@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from rbm.checkpoint import save_checkpoint, smoke_test
+from rbm.model import RATING_INFERENCES
 from rbm.onnx_export import ONNX_FILE, export_checkpoint
 from registry.cli import HelpFormatter
 from registry.errors import RegistryError
@@ -122,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the item-based RBM's blend out of the ranking",
     )
     p.set_defaults(blend_ranking=None)  # chosen on validation
+    p.add_argument(
+        "--rating-inference",
+        choices=RATING_INFERENCES,
+        default=TrainConfig.rating_inference,
+        help="how predicted ratings are computed, in validation and when served: the "
+        "mean-field level distribution, or with its second-order term (default; closer to "
+        "the exact one, lower validation RMSE)",
+    )
     p.add_argument(
         "--no-refit",
         action="store_true",
@@ -300,6 +309,7 @@ def _run(args: argparse.Namespace, comm: Communicator, device: str) -> int:
             item_epochs=args.item_epochs,
             blend_ranking=args.blend_ranking,
             refit=not args.no_refit,
+            rating_inference=args.rating_inference,
             seed=args.seed,
             device=comm.local_device(device),
         )

@@ -14,7 +14,7 @@ import torch
 
 from rbm.checkpoint import Checkpoint, ItemModel
 from rbm.implicit import combine_implicit
-from rbm.model import RANKINGS, Ranking, RBMConfig, RBMParams
+from rbm.model import RANKINGS, Ranking, RatingInference, RBMConfig, RBMParams
 from trainer.baselines import (
     EASE,
     MAX_DENSE_MOVIES,
@@ -83,6 +83,7 @@ class _Models:
     n_movies: int
     train_users: np.ndarray  # MovieLens ids of the item RBM's visible units, in row order
     implicit_models: int = 1
+    rating_inference: RatingInference = "mean_field"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def _checkpoint(
         blend_ranking=choice.blend_ranking,
         liked_weight=choice.liked_weight,
         implicit_models=models.implicit_models,
+        rating_inference=models.rating_inference,
     )
 
 
@@ -261,12 +263,20 @@ def fit_models(
     own_all = ix.index(train_all, train_users)
     if cfg.n_hidden_item:
         phase("item RBM")
-        user_val = predict_indexed(params, rbm_config, fit, val, levels)
+        user_val = predict_indexed(params, rbm_config, fit, val, levels, cfg.rating_inference)
         item_fit = train_item_based(
             fit, val, own_all, user_val, ix.n_movies, levels, cfg, comm, on_progress
         )
         item, val_rmse = item_fit.model, item_fit.val_rmse
-    models = _Models(params, implicit, item, ix.n_movies, train_users, cfg.implicit_models)
+    models = _Models(
+        params,
+        implicit,
+        item,
+        ix.n_movies,
+        train_users,
+        cfg.implicit_models,
+        cfg.rating_inference,
+    )
     phase("ranking")
     choice, val_ndcg = comm.decide(
         lambda: _choose_ranking(ds, models, cfg, rbm_config, fit, val_part)

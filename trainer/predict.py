@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from rbm.model import (
+    RatingInference,
     RBMConfig,
     RBMParams,
     entry_level_probabilities,
@@ -36,11 +37,12 @@ def predict_indexed(
     context: IndexedRatings,
     targets: IndexedRatings,
     levels: torch.Tensor,
+    inference: RatingInference = "mean_field",
     chunk: int = 65536,
 ) -> torch.Tensor:
     """Expected rating of each entry of ``targets`` (CSR order), given ``context``'s ratings.
 
-    Both CSRs must share the same user rows.
+    Both CSRs must share the same user rows; ``inference`` is as the server's (rbm.model).
     """
     device = params.weights.device
     hidden = hidden_states(params, config, context)
@@ -49,6 +51,6 @@ def predict_indexed(
     for start in range(0, len(rows_all), chunk):
         rows = torch.from_numpy(rows_all[start : start + chunk]).to(device)
         movies = torch.from_numpy(targets.movies[start : start + chunk]).to(device)
-        probs = entry_level_probabilities(params, hidden, rows, movies, config)  # (n, K)
+        probs = entry_level_probabilities(params, hidden, rows, movies, config, inference)
         preds.append(probs @ levels.to(device))
     return torch.cat(preds) if preds else torch.empty(0, device=device)

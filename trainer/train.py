@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rbm.model import CDStats, RBMConfig, RBMParams, cd_statistics
+from rbm.model import (
+    RATING_INFERENCES,
+    CDStats,
+    RatingInference,
+    RBMConfig,
+    RBMParams,
+    cd_statistics,
+)
 from trainer.distributed import Communicator
 from trainer.indexing import IndexedRatings
 from trainer.loop import (
@@ -88,6 +95,9 @@ class TrainConfig:
     # Train the user- and item-based RBMs again on the whole training part (the validation
     # slice too) for the epochs early stopping chose; the choices made on validation stay.
     refit: bool = True
+    # How predicted ratings are computed (rbm.model.RatingInference), in validation and
+    # in serving; the version records it.
+    rating_inference: RatingInference = "second_order"
 
     def __post_init__(self) -> None:
         positive = ("n_hidden", "epochs", "batch_size", "cd_k_start", "cd_k_max", "cd_k_every")
@@ -108,6 +118,8 @@ class TrainConfig:
             raise ValueError("n_hidden_item must be >= 0 and item_epochs >= 1")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5)")
+        if self.rating_inference not in RATING_INFERENCES:
+            raise ValueError(f"rating_inference must be one of {', '.join(RATING_INFERENCES)}")
 
     def cd_k(self, epoch: int) -> int:
         """CD steps of the user-based RBM at ``epoch`` (0-based); see ``LoopConfig.cd_k``."""
@@ -230,9 +242,10 @@ def _val_rmse(
     context: IndexedRatings,
     val: IndexedRatings,
     levels: torch.Tensor,
+    inference: RatingInference,
 ) -> float:
     """RMSE on ``val`` with hidden states computed from ``context`` (same CSR rows)."""
-    pred = predict_indexed(params, config, context, val, levels)
+    pred = predict_indexed(params, config, context, val, levels, inference)
     truth = levels[torch.from_numpy(val.levels).to(levels.device)]
     return float(torch.sqrt(((pred - truth) ** 2).mean()))
 
@@ -253,7 +266,9 @@ def train(
     statistics of its share of each minibatch, and applies the summed update.
     """
     spec = model_configs(config).user
-    model = softmax_model(train_part, val_part, rbm_config, levels, spec.device)
+    model = softmax_model(
+        train_part, val_part, rbm_config, levels, spec.device, config.rating_inference
+    )
     progress = None if on_epoch is None else lambda p: on_epoch(_report(p))
     result = run_loop(spec, model, comm, progress)
     history = [_report(p) for p in result.history]
@@ -270,13 +285,17 @@ def softmax_model(
     rbm_config: RBMConfig,
     levels: torch.Tensor,
     device: str,
+    inference: RatingInference = "mean_field",
 ) -> LoopModel:
-    """The loop's hooks for a softmax RBM with a case per CSR row (users, or movies transposed)."""
+    """The loop's hooks for a softmax RBM with a case per CSR row (users, or movies transposed).
+
+    Validation RMSE predicts with ``inference``, as the server will.
+    """
     on_device = levels.to(device)
     return _softmax_hooks(
         train_part,
         rbm_config,
-        lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device),
+        lambda params: _val_rmse(params, rbm_config, train_part, val_part, on_device, inference),
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rbm.checkpoint import ItemModel
-from rbm.model import RatingBlend, RBMConfig, RBMParams, hidden_input
+from rbm.model import RatingBlend, RatingInference, RBMConfig, RBMParams, hidden_input
 from trainer.distributed import Communicator, LocalCommunicator
 from trainer.indexing import IndexedRatings
 from trainer.loop import EpochProgress, run_loop
@@ -84,12 +84,21 @@ def train_item_based(
     n_users = len(fit.user_ids)
     fit_t, val_t, full_t = (transpose(c, n_movies) for c in (fit, val, full))
     config = RBMConfig(n_users, len(levels), spec.n_hidden)
-    hooks = softmax_model(fit_t, val_t, config, levels, spec.device)
+    hooks = softmax_model(fit_t, val_t, config, levels, spec.device, cfg.rating_inference)
     trained = run_loop(spec, hooks, comm, on_epoch)
     params = trained.params
     share, rating_blend, rmse = comm.decide(
         lambda: _choose_blend(
-            params, config, fit, fit_t, val_t, val, user_pred_val, levels, n_movies
+            params,
+            config,
+            fit,
+            fit_t,
+            val_t,
+            val,
+            user_pred_val,
+            levels,
+            n_movies,
+            cfg.rating_inference,
         )
     )
     model = _item_model(params, full_t, n_users, share, rating_blend)
@@ -140,14 +149,16 @@ def _choose_blend(
     user_pred_val: torch.Tensor,
     levels: torch.Tensor,
     n_movies: int,
+    inference: RatingInference = "mean_field",
 ) -> tuple[float, RatingBlend, float]:
     """The mix share best on validation, the rating blend fitted there, and its RMSE.
 
     The share (a plain mix) is what a ranking on the blend mixes P(liked) with; ratings
     use the ``RatingBlend``, fitted by least squares on the same slice (five numbers,
-    against some 4,000 validation ratings on ml-100k).
+    against some 4,000 validation ratings on ml-100k). ``user_pred_val`` and the item
+    RBM's predictions must both come from ``inference``, the one the server will use.
     """
-    item_pred = predict_indexed(params, config, fit_t, val_t, levels)
+    item_pred = predict_indexed(params, config, fit_t, val_t, levels, inference)
     # Align the two prediction orders (user-major and movie-major) on (user, movie).
     user_order = np.argsort(_aligned(val, n_movies), kind="stable")
     item_order = np.argsort(_keys_t(val_t, n_movies), kind="stable")

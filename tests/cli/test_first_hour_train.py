@@ -121,10 +121,13 @@ def test_quiet_shows_no_progress_and_no_early_stop() -> None:
     assert "registered" not in json.loads(proc.stdout)
 
 
-def test_no_refit_and_a_forced_blend_ranking_are_what_gets_registered(tmp_path: Path) -> None:
+def test_no_refit_forced_blend_ranking_and_mean_field_are_what_gets_registered(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "registry"
     budgets = ["--implicit-epochs", "1", "--item-epochs", "1", "--no-refit"]
-    args = [a for a in train_args(root, *budgets, "--blend-ranking", epochs=1) if a != "--quiet"]
+    forced = ("--blend-ranking", "--rating-inference", "mean_field")
+    args = [a for a in train_args(root, *budgets, *forced, epochs=1) if a != "--quiet"]
     proc = _train(*args)
     assert proc.returncode == 0, proc.stderr
     assert "refit" not in proc.stderr  # no refit phase ran
@@ -134,6 +137,9 @@ def test_no_refit_and_a_forced_blend_ranking_are_what_gets_registered(tmp_path: 
     assert version.meta.params["blend_ranking"] is True
     assert version.meta.params["blend_in_ranking"] is True
     assert load_checkpoint(version.path).blend_ranking is True
+    # --rating-inference mean_field: the first rounds' rating prediction, recorded and served.
+    assert version.meta.params["rating_inference"] == "mean_field"
+    assert load_checkpoint(version.path).rating_inference == "mean_field"
 
 
 @pytest.mark.parametrize("flag", ["--hidden", "--epochs", "--implicit-epochs", "--item-epochs"])

@@ -32,7 +32,10 @@ def _params(n_visible: int, n_hidden: int, gen: torch.Generator) -> RBMParams:
 
 
 def _checkpoint(
-    blend_ranking: bool, implicit_models: int = 1, liked_weight: float = 1.0
+    blend_ranking: bool,
+    implicit_models: int = 1,
+    liked_weight: float = 1.0,
+    rating_inference: str = "mean_field",
 ) -> Checkpoint:
     gen = torch.Generator().manual_seed(3)
     return Checkpoint(
@@ -54,6 +57,7 @@ def _checkpoint(
         blend_ranking=blend_ranking,
         liked_weight=liked_weight,
         implicit_models=implicit_models,
+        rating_inference=rating_inference,  # type: ignore[arg-type]
     )
 
 
@@ -61,14 +65,22 @@ RATING_BLEND = RatingBlend(-0.3, 0.4, 0.7, 0.05, -0.02, 0.5, 1.0)
 
 
 @pytest.mark.parametrize(
-    ("blend_ranking", "implicit_models", "liked_weight"),
-    [(False, 1, 1.0), (True, 1, 1.0), (False, 3, 0.25), (True, 2, 0.5)],
+    ("blend_ranking", "implicit_models", "liked_weight", "inference"),
+    [
+        (False, 1, 1.0, "mean_field"),
+        (True, 1, 1.0, "mean_field"),
+        (False, 3, 0.25, "second_order"),
+        (True, 2, 0.5, "second_order"),
+    ],
 )
 def test_saved_model_serves_what_it_says(
-    tmp_path: Path, blend_ranking: bool, implicit_models: int, liked_weight: float
+    tmp_path: Path, blend_ranking: bool, implicit_models: int, liked_weight: float, inference: str
 ) -> None:
-    save_checkpoint(_checkpoint(blend_ranking, implicit_models, liked_weight), tmp_path)
+    saved = _checkpoint(blend_ranking, implicit_models, liked_weight, inference)
+    save_checkpoint(saved, tmp_path)
     loaded = load_checkpoint(tmp_path)
+    assert loaded.rating_inference == inference
+    assert loaded.scorer().second_order is (inference == "second_order")
     assert loaded.blend_ranking is blend_ranking
     assert loaded.scorer().blend_ranking is blend_ranking
     assert (loaded.implicit_models, loaded.liked_weight) == (implicit_models, liked_weight)
@@ -106,9 +118,11 @@ def test_a_checkpoint_without_the_newer_keys_loads_with_their_defaults(tmp_path:
     save_checkpoint(_checkpoint(False), tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text(encoding="utf-8"))
     del meta["liked_weight"], meta["implicit_models"], meta["rating_blend"]
+    del meta["rating_inference"]
     (tmp_path / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     loaded = load_checkpoint(tmp_path)
     assert (loaded.implicit_models, loaded.liked_weight) == (1, 1.0)
+    assert loaded.rating_inference == "mean_field"  # what their rating blend was fitted on
     # Before the fitted rating blend: the plain mix at the item blend's share.
     assert loaded.item is not None and loaded.item.rating_blend is None
     assert loaded.item.ratings == RatingBlend.from_share(0.6)
@@ -122,3 +136,5 @@ def test_implicit_hidden_units_must_split_evenly_into_the_models(tmp_path: Path)
     negative = _checkpoint(False, liked_weight=-1.0)
     with pytest.raises(CheckpointError, match="liked_weight"):
         save_checkpoint(negative, tmp_path)
+    with pytest.raises(CheckpointError, match="rating inference"):
+        save_checkpoint(_checkpoint(False, rating_inference="exact"), tmp_path)

@@ -149,6 +149,25 @@ def test_level_probabilities_sum_to_one_and_match_per_entry() -> None:
     torch.testing.assert_close(per_entry, probs[rows, :, movies])
 
 
+def test_second_order_entry_probabilities_are_the_servers() -> None:
+    # The trainer validates and fits its rating blend on these; the server's Scorer must
+    # predict the same for the same user and movies.
+    p = _params()
+    levels = torch.tensor([1.0, 2.0])
+    hidden_pre = torch.tensor([[0.5, -1.0], [2.0, 0.1]])
+    rows, movies = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    per_entry = entry_level_probabilities(
+        p, torch.sigmoid(hidden_pre), rows, movies, CFG, "second_order"
+    )
+    scorer = Scorer(p, levels, rating_inference="second_order")
+    no_item = torch.tensor([-1, -1])
+    _, logits = scorer.score(hidden_pre, no_item)
+    served = scorer.predict_at(logits, hidden_pre, no_item, None)  # (B, M)
+    torch.testing.assert_close(per_entry @ levels, served[rows, movies])
+    plain = entry_level_probabilities(p, torch.sigmoid(hidden_pre), rows, movies, CFG)
+    assert not torch.allclose(plain, per_entry)
+
+
 def test_config_and_params_are_validated() -> None:
     with pytest.raises(ValueError, match="n_hidden"):
         RBMConfig(3, 2, 0)

@@ -20,27 +20,42 @@ def _random(n_visible: int, n_hidden: int, gen: torch.Generator) -> RBMParams:
     )
 
 
-def _scorer(ranking: str, blend_ranking: bool, blend: float = 0.4) -> Scorer:
+def _scorer(
+    ranking: str, blend_ranking: bool, blend: float = 0.4, inference: str = "mean_field"
+) -> Scorer:
     gen = torch.Generator().manual_seed(7)
     params = _random(K * M, F, gen)
     item = ItemModel(_random(K * USERS, F2, gen), torch.rand(M, F2, generator=gen), blend)
     implicit = _random(M, 3, gen)
-    return Scorer(params, LEVELS, ranking, None, implicit, item, blend_ranking)  # type: ignore[arg-type]
+    return Scorer(
+        params,
+        LEVELS,
+        ranking,  # type: ignore[arg-type]
+        None,
+        implicit,
+        item,
+        blend_ranking,
+        rating_inference=inference,  # type: ignore[arg-type]
+    )
 
 
 HIDDEN = torch.randn(3, F + 3, generator=torch.Generator().manual_seed(1))
 ROWS = torch.tensor([0, -1, 2])  # the second user is unknown to the item-based RBM
 
 
-def _probs(scorer: Scorer, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _probs(
+    scorer: Scorer, hidden: torch.Tensor, rows: torch.Tensor, second_order: bool = False
+) -> torch.Tensor:
     """The blended level distribution (B, K, M), written out the long way."""
-    user_logits = (torch.sigmoid(hidden[:, :F]) @ scorer.weights_t + scorer.visible_bias).view(
-        -1, K, M
-    )
+    p = torch.sigmoid(hidden[:, :F])
+    user_logits = (p @ scorer.weights_t + scorer.visible_bias).view(-1, K, M)
+    w = scorer.item_weights[rows.clamp(min=0)]  # (B, K, F2)
+    q = scorer.movie_hidden_t  # (F2, M)
+    item_logits = torch.einsum("bkf,fm->bkm", w, q)
+    if second_order:  # + (1/2) sum_j var_j W_j^2, var = p (1 - p) of the side's hidden units
+        user_logits = user_logits + 0.5 * (p * (1 - p) @ scorer.weights_t**2).view(-1, K, M)
+        item_logits = item_logits + 0.5 * torch.einsum("bkf,fm->bkm", w**2, q * (1 - q))
     user = torch.softmax(user_logits, dim=1)
-    item_logits = torch.einsum(
-        "bkf,fm->bkm", scorer.item_weights[rows.clamp(min=0)], scorer.movie_hidden_t
-    )
     item = torch.softmax(item_logits + scorer.item_bias[rows.clamp(min=0)].unsqueeze(2), dim=1)
     share = (rows >= 0).float().view(-1, 1, 1) * scorer.blend
     return share * item + (1 - share) * user
@@ -49,11 +64,62 @@ def _probs(scorer: Scorer, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Te
 def test_predicted_at_some_movies_equals_predicted_at_all() -> None:
     scorer = _scorer("liked_and_rated", blend_ranking=False)
     _, logits = scorer.score(HIDDEN, ROWS)
-    every = scorer.predict_at(logits, ROWS, None)  # (B, M)
+    every = scorer.predict_at(logits, HIDDEN, ROWS, None)  # (B, M)
     movies = torch.tensor([[5, 0], [2, 2], [1, 3]])
-    torch.testing.assert_close(scorer.predict_at(logits, ROWS, movies), every.gather(1, movies))
+    at = scorer.predict_at(logits, HIDDEN, ROWS, movies)
+    torch.testing.assert_close(at, every.gather(1, movies))
     want = (_probs(scorer, HIDDEN, ROWS) * LEVELS.view(1, K, 1)).sum(1)
     torch.testing.assert_close(every, want)
+
+
+def test_second_order_ratings_at_some_movies_equal_the_long_way_and_every_movie(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scorer = _scorer("liked_and_rated", blend_ranking=False, inference="second_order")
+    _, logits = scorer.score(HIDDEN, ROWS)
+    every = scorer.predict_at(logits, HIDDEN, ROWS, None)
+    want = (_probs(scorer, HIDDEN, ROWS, second_order=True) * LEVELS.view(1, K, 1)).sum(1)
+    torch.testing.assert_close(every, want)
+    mean_field = _scorer("liked_and_rated", blend_ranking=False).predict_at(
+        logits, HIDDEN, ROWS, None
+    )
+    assert (every - mean_field).abs().max() > 0.01  # the term is there, not a no-op
+    movies = torch.tensor([[5, 0], [2, 2], [1, 3]])
+    gathered = scorer.predict_at(logits, HIDDEN, ROWS, movies)  # the gather path
+    torch.testing.assert_close(gathered, every.gather(1, movies))
+    monkeypatch.setattr("rbm.scoring.GATHER_LIMIT", 0)  # a large request: every movie, picked
+    torch.testing.assert_close(scorer.predict_at(logits, HIDDEN, ROWS, movies), gathered)
+
+
+def test_second_order_is_nearer_the_exact_level_distribution_than_mean_field() -> None:
+    # Exact: P(v_m = k | the user's ratings) ∝ exp(b_mk) prod_j (1 + exp(x_j + W_mkj)).
+    gen = torch.Generator().manual_seed(3)
+    params = _random(K * M, F, gen)
+    params.weights.mul_(0.5)  # weights of a trained model's size (|W| mostly below 1)
+    x = torch.randn(4, F, generator=gen)
+    exact_logits = params.visible_bias.view(1, K, M) + torch.nn.functional.softplus(
+        x.view(4, 1, 1, F) + params.weights.view(1, K, M, F)
+    ).sum(-1)
+    exact = (torch.softmax(exact_logits, 1) * LEVELS.view(1, K, 1)).sum(1)
+    no_item = torch.full((4,), -1)
+    errors = {}
+    for inference in ("mean_field", "second_order"):
+        scorer = Scorer(params, LEVELS, rating_inference=inference)  # type: ignore[arg-type]
+        _, logits = scorer.score(x, no_item)
+        errors[inference] = (scorer.predict_at(logits, x, no_item, None) - exact).abs().max()
+    assert errors["second_order"] < errors["mean_field"] / 3, errors
+
+
+@pytest.mark.parametrize("ranking", ["expected_rating", "liked_and_rated"])
+def test_the_rating_inference_leaves_ranking_scores_alone(ranking: str) -> None:
+    mean_field, _ = _scorer(ranking, blend_ranking=True).score(HIDDEN, ROWS)
+    second, _ = _scorer(ranking, blend_ranking=True, inference="second_order").score(HIDDEN, ROWS)
+    torch.testing.assert_close(second, mean_field)
+
+
+def test_an_unknown_rating_inference_is_refused() -> None:
+    with pytest.raises(ValueError, match="rating inference"):
+        _scorer("rated", blend_ranking=False, inference="exact")
 
 
 def test_without_blend_ranking_the_item_rows_do_not_move_the_scores() -> None:
@@ -75,7 +141,7 @@ def test_blend_ranking_ranks_on_the_blended_distribution() -> None:
 
     by_rating = _scorer("expected_rating", blend_ranking=True)
     scores, logits = by_rating.score(HIDDEN, ROWS)
-    torch.testing.assert_close(scores, by_rating.predict_at(logits, ROWS, None))
+    torch.testing.assert_close(scores, by_rating.predict_at(logits, HIDDEN, ROWS, None))
 
 
 @pytest.mark.parametrize("ranking", ["expected_rating", "liked_and_rated"])
@@ -98,9 +164,9 @@ def test_a_fitted_rating_blend_is_served_within_the_scale_for_known_users_only()
     )
     hidden = HIDDEN[:, :F]
     _, logits = scorer.score(hidden, ROWS)
-    every = scorer.predict_at(logits, ROWS, None)
-    user = plain.predict_at(logits, torch.full_like(ROWS, -1), None)  # the user RBM alone
-    item_alone = plain.predict_at(logits, ROWS.clamp(min=0), None)  # share 1: the item RBM
+    every = scorer.predict_at(logits, hidden, ROWS, None)
+    user = plain.predict_at(logits, hidden, torch.full_like(ROWS, -1), None)  # user RBM alone
+    item_alone = plain.predict_at(logits, hidden, ROWS.clamp(min=0), None)  # share 1: item RBM
     slope = 0.3 * (torch.log1p(popularity) - 1.0) - 0.2 * (
         torch.log1p(user_counts[ROWS.clamp(min=0)].float()) - 2.0
     ).unsqueeze(1)
@@ -109,4 +175,5 @@ def test_a_fitted_rating_blend_is_served_within_the_scale_for_known_users_only()
     torch.testing.assert_close(every[1], user[1])  # unknown to the item RBM: user RBM only
     assert bool((want[[0, 2]] == 5.0).any() or (want[[0, 2]] == 1.0).any())  # clamped
     movies = torch.tensor([[5, 0], [2, 2], [1, 3]])
-    torch.testing.assert_close(scorer.predict_at(logits, ROWS, movies), every.gather(1, movies))
+    at = scorer.predict_at(logits, hidden, ROWS, movies)
+    torch.testing.assert_close(at, every.gather(1, movies))

@@ -97,7 +97,9 @@ def test_evaluation_lists_and_ratings_equal_the_served_ones(
     quiet_server: RunningServer, trained: TrainedModel, u1: Dataset
 ) -> None:
     version = FileRegistry(trained.registry).resolve("rbm", "production")
-    engine = engine_for(load_checkpoint(version.path))
+    ckpt = load_checkpoint(version.path)
+    assert ckpt.rating_inference == "second_order"  # the default: its ratings are checked here
+    engine = engine_for(ckpt)
     users = sorted({int(u) for u in u1.test.users})[::9]  # a sample of ~100 test users
     pairs = _by_user(u1.test.users, u1.test.movies)
 
