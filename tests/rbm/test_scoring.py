@@ -87,8 +87,10 @@ def test_second_order_ratings_at_some_movies_equal_the_long_way_and_every_movie(
     movies = torch.tensor([[5, 0], [2, 2], [1, 3]])
     gathered = scorer.predict_at(logits, HIDDEN, ROWS, movies)  # the gather path
     torch.testing.assert_close(gathered, every.gather(1, movies))
-    monkeypatch.setattr("rbm.scoring.GATHER_LIMIT", 0)  # a large request: every movie, picked
+    monkeypatch.setattr("rbm.scoring.GATHER_LIMIT", 2 * K * F)  # a large batch: in chunks
     torch.testing.assert_close(scorer.predict_at(logits, HIDDEN, ROWS, movies), gathered)
+    none = scorer.predict_at(logits, HIDDEN, ROWS, movies[:, :0])  # no movie asked
+    assert none.shape == (3, 0)
 
 
 def test_second_order_is_nearer_the_exact_level_distribution_than_mean_field() -> None:
