@@ -43,6 +43,7 @@ from rbm.model import (
     RatingInference,
     RBMParams,
     second_order_term,
+    visible_units,
 )
 
 __all__ = ["LIKED_AT", "RANKINGS", "Ranking", "Scorer"]
@@ -249,8 +250,8 @@ class Scorer(nn.Module):
     def _gathered_second_order(self, term: Tensor, movies: Tensor) -> Tensor:
         """``_user_second_order`` for a few rows: term (R, F), movies (R, n) -> (R, K, n)."""
         rows, width = movies.shape[0], self.n_levels * movies.shape[1]
-        offsets = torch.arange(self.n_levels, device=movies.device) * self.n_movies
-        units = movies.unsqueeze(1) + offsets.view(1, -1, 1)  # (R, K, n)
+        levels = torch.arange(self.n_levels, device=movies.device).view(1, -1, 1)
+        units = visible_units(movies.unsqueeze(1), levels, self.n_movies)  # (R, K, n)
         # index_select of whole columns, then one batched product: 5x faster on CPU than
         # advanced indexing plus einsum (ml-100k shapes, batch 64, n = 10).
         weights = self.weights_t.index_select(1, units.reshape(-1))  # (F, R*K*n)

@@ -285,7 +285,7 @@ def softmax_model(
     rbm_config: RBMConfig,
     levels: torch.Tensor,
     device: str,
-    inference: RatingInference = "mean_field",
+    inference: RatingInference,
 ) -> LoopModel:
     """The loop's hooks for a softmax RBM with a case per CSR row (users, or movies transposed).
 

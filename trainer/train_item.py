@@ -149,7 +149,7 @@ def _choose_blend(
     user_pred_val: torch.Tensor,
     levels: torch.Tensor,
     n_movies: int,
-    inference: RatingInference = "mean_field",
+    inference: RatingInference,
 ) -> tuple[float, RatingBlend, float]:
     """The mix share best on validation, the rating blend fitted there, and its RMSE.
 

@@ -249,7 +249,7 @@ def test_the_blend_with_the_lowest_validation_rmse_is_chosen(
     fit_t = transpose(VAL, N_MOVIES)  # unused by the stand-in prediction
     config = RBMConfig(2, 5, 1)
     got_blend, rating_blend, got_rmse = _choose_blend(
-        params, config, VAL, fit_t, val_t, VAL, user_pred, LEVELS, N_MOVIES
+        params, config, VAL, fit_t, val_t, VAL, user_pred, LEVELS, N_MOVIES, "mean_field"
     )
     assert got_blend == blend
     # Five validation ratings are too few to fit five coefficients on: the share serves.
@@ -290,7 +290,16 @@ def test_the_rating_blend_is_fitted_on_validation_and_beats_any_share(
     )
     params = RBMParams.init(RBMConfig(n_users, 5, 1), torch.Generator().manual_seed(0))
     share, fitted, rmse = _choose_blend(
-        params, RBMConfig(n_users, 5, 1), fit, val_t, val_t, val, user_pred, levels, n_movies
+        params,
+        RBMConfig(n_users, 5, 1),
+        fit,
+        val_t,
+        val_t,
+        val,
+        user_pred,
+        levels,
+        n_movies,
+        "mean_field",
     )
     for got, expected in zip(astuple(fitted), astuple(want), strict=True):
         assert got == pytest.approx(expected, abs=0.02)
